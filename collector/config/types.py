@@ -1,0 +1,110 @@
+"""Value types shared by every config model: durations, secrets, identifiers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """`500ms`, `30s`, `5m`, `1h`, `1m30s` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 500ms, 30s, 5m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        parts = _DURATION_PART.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            try:
+                seconds = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a duration: use 500ms, 30s, 5m, 1h or seconds"
+                ) from None
+        else:
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError("a duration is a number of seconds or text like 500ms, 30s, 5m, 1h")
+    if seconds != seconds or seconds < 0:
+        raise ValueError("a duration must be zero or positive")
+    return seconds
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A duration in seconds, written as `500ms`, `30s`, `5m`, `1h` or a number of seconds."""
+
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+
+_METRIC_ID = re.compile(r"custom:[A-Za-z0-9._,\-]+")
+_DIMENSION_KEY = re.compile(r"[A-Za-z0-9._\-]+")
+
+
+def check_metric_id(value: str) -> str:
+    """Dynatrace's rules for custom metric ids (api-notes.md)."""
+    if not value.startswith("custom:"):
+        raise ValueError(f"metric id {value!r} must start with 'custom:'")
+    if len(value) > 256:
+        raise ValueError(f"metric id {value!r} is longer than 256 characters")
+    if not _METRIC_ID.fullmatch(value):
+        raise ValueError(
+            f"metric id {value!r} may only use letters, digits, '.', '-', '_' and ',' after 'custom:'"
+        )
+    body = value[len("custom:") :]
+    if re.search(r"[._,\-]\d", body) or body[0].isdigit():
+        raise ValueError(f"metric id {value!r}: a digit may not follow a punctuation mark")
+    return value
+
+
+def check_dimension_key(value: str) -> str:
+    if not value or len(value) > 128 or not _DIMENSION_KEY.fullmatch(value):
+        raise ValueError(
+            f"dimension key {value!r} must be 1-128 letters, digits, '.', '-' or '_'"
+        )
+    return value
+
+
+MetricId = Annotated[str, AfterValidator(check_metric_id)]
+DimensionKey = Annotated[str, AfterValidator(check_dimension_key)]
+
+
+class StrictModel(BaseModel):
+    """Every config model: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_secret_file(path: Path) -> SecretStr:
+    """The stripped content of a secret file; OSError names the file, never the content."""
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise ValueError(f"secret file {path} is empty")
+    return SecretStr(text)
+
+
+def pick_secret(
+    inline: SecretStr | None, file: Path | None, what: str
+) -> SecretStr | None:
+    """The secret from exactly one of an inline value or a file (raises if both)."""
+    if inline is not None and file is not None:
+        raise ValueError(f"give {what} or {what}_file, not both")
+    if file is not None:
+        try:
+            return read_secret_file(file)
+        except OSError as exc:
+            raise ValueError(f"cannot read {what}_file {file}: {exc.strerror}") from None
+    if inline is not None and not inline.get_secret_value():
+        return None
+    return inline
