@@ -6,6 +6,7 @@ self-monitoring reads it. Counters are plain attribute increments on the hot pat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +48,8 @@ class Family:
     kind: str  # "counter" or "gauge"
     label_names: tuple[str, ...]
     children: dict[tuple[str, ...], Counter] = field(default_factory=dict)
+    collect: Callable[[], dict[tuple[str, ...], float]] | None = None
+    """Reads the values at render time instead of keeping children (for state owned elsewhere)."""
 
     def labels(self, *values: str) -> Counter:
         if len(values) != len(self.label_names):
@@ -66,13 +69,14 @@ class Family:
         self.labels().inc(amount)
 
     def total(self) -> float:
-        return sum(_read(c) for c in self.children.values())
+        return sum(self.by_label().values())
 
     def value(self, *values: str) -> float:
-        child = self.children.get(values)
-        return 0.0 if child is None else _read(child)
+        return self.by_label().get(values, 0.0)
 
     def by_label(self) -> dict[tuple[str, ...], float]:
+        if self.collect is not None:
+            return self.collect()
         return {k: _read(c) for k, c in self.children.items()}
 
 
@@ -89,6 +93,19 @@ class Telemetry:
 
     def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Family:
         return self._family(name, help, "counter", labels)
+
+    def observe(
+        self,
+        name: str,
+        help: str,
+        kind: str,
+        collect: Callable[[], dict[tuple[str, ...], float]],
+        labels: tuple[str, ...] = (),
+    ) -> Family:
+        """A family whose values are read from `collect` at render time."""
+        family = self._family(name, help, kind, labels)
+        family.collect = collect
+        return family
 
     def gauge(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Family:
         return self._family(name, help, "gauge", labels)
@@ -113,13 +130,13 @@ class Telemetry:
                 full += "_total"
             yield f"# HELP {full} {_escape_help(family.help)}\n"
             yield f"# TYPE {full} {family.kind}\n"
-            for values, child in family.children.items():
+            for values, number in family.by_label().items():
                 label_text = ",".join(
                     f'{n}="{_escape_label(v)}"'
                     for n, v in zip(family.label_names, values, strict=True)
                 )
                 suffix = "{" + label_text + "}" if label_text else ""
-                yield f"{full}{suffix} {_number(_read(child))}\n"
+                yield f"{full}{suffix} {_number(number)}\n"
 
 
 def _escape_help(text: str) -> str:
@@ -131,4 +148,8 @@ def _escape_label(text: str) -> str:
 
 
 def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
     return str(int(value)) if value == int(value) else repr(value)

@@ -33,7 +33,7 @@ def format_loc(loc: Loc) -> str:
         else:
             name = part if _IDENT.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
             text += ("." if text else "") + name
-    return text or "(top level)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ class ConfigIssue:
     where: str = ""  # "config.yaml:12" or "env DT_COLLECTOR__BUFFER__MAX_AGE"
 
     def __str__(self) -> str:
-        prefix = f"{self.where}: " if self.where else ""
-        return f"{prefix}{format_loc(self.loc)}: {self.message}"
+        parts = [p for p in (self.where, format_loc(self.loc) if self.loc else "") if p]
+        return ": ".join([*parts, self.message])
 
 
 class ConfigError(Exception):
@@ -85,7 +85,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, origins: _Ori
                                                f"{origins.file}:{key_node.start_mark.line + 1}")])
             key = str(key) if not isinstance(key, str) else key
             if key in result:
-                raise ConfigError([ConfigIssue(loc + (key,), "key appears twice",
+                raise ConfigError([ConfigIssue((*loc, key), "key appears twice",
                                                f"{origins.file}:{key_node.start_mark.line + 1}")])
             result[key] = _construct(loader, value_node, (*loc, key), origins)
         return result
@@ -192,13 +192,20 @@ def _validate_sources(raw_sources: Any, origins: _Origins,
             issues.append(ConfigIssue((*loc, "type"), f"unknown source type {kind!r}; "
                                       f"known: {known}", origins.where((*loc, "type"))))
             continue
-        raw = dict(raw)
-        raw.setdefault("name", f"{kind}-{i}")
+        named = {"name": f"{kind}-{i}", **raw}
         try:
-            result.append(model.model_validate(raw))
+            result.append(model.model_validate(named))
         except ValidationError as exc:
             issues.extend(_pydantic_issues(exc, loc, origins))
     return result
+
+
+def _file_order(issue: ConfigIssue) -> tuple[int, int]:
+    """File issues by line first, then those from the environment or without a place."""
+    where = issue.where.rsplit(":", 1)
+    if len(where) == 2 and where[1].isdigit():
+        return (0, int(where[1]))
+    return (1, 0)
 
 
 def parse_config(text: str, file: str = "<config>",
@@ -236,7 +243,7 @@ def parse_config(text: str, file: str = "<config>",
         for loc, message in config.semantic_issues():
             issues.append(ConfigIssue(loc, message, origins.where(loc)))
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError(sorted(issues, key=_file_order))
     assert config is not None
     return config
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated
@@ -32,7 +33,7 @@ def parse_duration(value: object) -> float:
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ValueError("a duration is a number of seconds or text like 500ms, 30s, 5m, 1h")
-    if seconds != seconds or seconds < 0:
+    if math.isnan(seconds) or seconds < 0:
         raise ValueError("a duration must be zero or positive")
     return seconds
 
@@ -60,7 +61,8 @@ def check_metric_id(value: str) -> str:
         raise ValueError(f"metric id {value!r} is longer than 256 characters")
     if not _METRIC_ID.fullmatch(value):
         raise ValueError(
-            f"metric id {value!r} may only use letters, digits, '.', '-', '_' and ',' after 'custom:'"
+            f"metric id {value!r} may only use letters, digits, '.', '-', '_' and ','"
+            " after 'custom:'"
         )
     body = value[len("custom:") :]
     if re.search(r"[._,\-]\d", body) or body[0].isdigit():
