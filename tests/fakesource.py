@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar, Literal
 
-from collector.config.model import SourceConfig
+from collector.config.model import Config, Loc, SourceConfig
 from collector.config.sources import register_source_config
 from collector.model import Device, Reading, dims
 from collector.sources import SourceContext, register_source
@@ -25,6 +25,11 @@ class FakeSourceConfig(SourceConfig):
     interval: float = 0.05
     count: int = 0  # 0 = forever
     start_value: float = 0.0
+
+    def check(self, config: Config, loc: Loc) -> list[tuple[Loc, str]]:
+        device_type = self.device_type
+        problem = config.check_series(self.metric, list(self.dimensions), device_type)
+        return [((*loc, "metric"), problem)] if problem else []
 
 
 class FakeSource:

@@ -159,7 +159,8 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], origins: _
 def _pydantic_issues(exc: ValidationError, prefix: Loc, origins: _Origins) -> list[ConfigIssue]:
     issues = []
     for err in exc.errors(include_url=False, include_input=False):
-        loc: Loc = prefix + tuple(err["loc"])
+        # pydantic marks a bad dict key with a trailing "[key]"; the key itself is the path.
+        loc: Loc = prefix + tuple(p for p in err["loc"] if p != "[key]")
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
