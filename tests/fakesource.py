@@ -7,6 +7,7 @@ subprocess runs) can drive the whole pipeline without a real protocol.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import ClassVar, Literal
 
 from collector.config.model import Config, Loc, SourceConfig
@@ -51,7 +52,7 @@ class FakeSource:
             self.emitted.append(reading)
             value += 1
             n += 1
-            print(f"emitted {n}", flush=True)
+            print(f"emitted {n}", file=sys.stderr, flush=True)
             await asyncio.sleep(c.interval)
         await asyncio.Event().wait()
 
