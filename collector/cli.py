@@ -87,7 +87,7 @@ def _run(path: str, dry_run: bool) -> int:
     from collector.daemon import Daemon
 
     async def main() -> None:
-        await Daemon(config, dry_run=dry_run).run(handle_signals=True)
+        await Daemon(config, config_path=path, dry_run=dry_run).run(handle_signals=True)
 
     asyncio.run(main())
     return 0

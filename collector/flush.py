@@ -158,9 +158,11 @@ class Flusher:
         self.backoff = Backoff(initial=config.flush_interval, cap=max(300.0, config.flush_interval))
         self.retry_at = 0.0  # monotonic time before which no flush is attempted
         self.last_result = "no flush yet"
+        self.last_ok = False
         self.last_success: float | None = None
+        self.on_flush: Callable[[], None] | None = None  # e.g. to update systemd STATUS=
         self._halt: Answer | None = None
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
         self._state = StateLog(log)
         self._seen_violations: set[str] = set()
         self._requests = telemetry.counter(
@@ -169,9 +171,11 @@ class Flusher:
         self._flushes = telemetry.counter("flushes", "Flushes by result", ("result",))
         self._duration = telemetry.gauge("flush_duration_seconds", "Duration of the last flush")
 
-    def reconfigure(self, config: BufferConfig, max_request_bytes: int) -> None:
+    def reconfigure(self, config: BufferConfig, max_request_bytes: int,
+                    max_concurrency: int) -> None:
         self.config = config
         self.encoder = BodyEncoder(max_request_bytes)
+        self.max_concurrency = max_concurrency
 
     async def run(self) -> None:
         """Flush every interval (plus jitter) until cancelled; never two at once."""
@@ -189,7 +193,7 @@ class Flusher:
 
     async def flush(self, *, final: bool = False) -> None:
         """One flush of every device with points (a final one ignores backoff)."""
-        async with self._lock:
+        async with self.lock:
             started = time.monotonic()
             if not final and started < self.retry_at:
                 self.buffer.expire(self.clock())
@@ -204,10 +208,13 @@ class Flusher:
                     group.create_task(self._push_device(device_id, now, gate))
             self.buffer.expire(now)  # points of devices not attempted still age out
             self._finish(started, len(devices))
+        if self.on_flush is not None:
+            self.on_flush()
 
     def _finish(self, started: float, devices: int) -> None:
         self._duration.gauge().set(time.monotonic() - started)
         halt = self._halt
+        self.last_ok = halt is None
         if halt is None:
             self.backoff.reset()
             self.last_success = self.clock()

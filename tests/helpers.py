@@ -48,6 +48,8 @@ def base_config(simulator_url: str, flush_interval: str = "200ms", extra_buffer:
         f"  flush_interval: {flush_interval}\n"
         "  shutdown_timeout: 5s\n"
         f"{extra_buffer}"
+        "health:\n"
+        "  listen: ''\n"
         "log:\n"
         "  level: debug\n"
     )

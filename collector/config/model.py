@@ -7,6 +7,7 @@ rules that relate sections to each other live in `Config.semantic_issues`.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -180,6 +181,31 @@ class SourceConfig(StrictModel):
         return []
 
 
+class HealthConfig(StrictModel):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        from collector.health import parse_listen
+
+        parse_listen(value)
+        return value.strip()
+
+
+class SelfMonitoringConfig(StrictModel):
+    enabled: bool = False
+    device_id: str = Field(default_factory=lambda: f"dt-collector-{socket.gethostname()}")
+    display_name: str | None = None
+    group: str = "dt-collector"
+    interval: PositiveDuration = 60.0
+
+    def metric_definitions(self) -> dict[str, MetricConfig]:
+        from collector.sources.selfmon import SELF_METRICS
+
+        return dict(SELF_METRICS) if self.enabled else {}
+
+
 class LogConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -191,6 +217,8 @@ class Config(StrictModel):
     metrics: dict[MetricId, MetricConfig] = {}
     devices: dict[str, DeviceConfig] = {}
     sources: list[SourceConfig] = []
+    health: HealthConfig = HealthConfig()
+    self_monitoring: SelfMonitoringConfig = SelfMonitoringConfig()
     log: LogConfig = LogConfig()
 
     @field_validator("devices")
@@ -203,7 +231,7 @@ class Config(StrictModel):
 
     def all_metrics(self) -> dict[str, MetricConfig]:
         """Configured metrics plus those sources bring (configured ones win)."""
-        merged: dict[str, MetricConfig] = {}
+        merged: dict[str, MetricConfig] = self.self_monitoring.metric_definitions()
         for source in self.sources:
             merged.update(source.metric_definitions())
         merged.update(self.metrics)

@@ -103,8 +103,10 @@ def pick_secret(
     if inline is not None and file is not None:
         raise ValueError(f"give {what} or {what}_file, not both")
     if file is not None:
+        from collector.systemd import credential_path  # a LoadCredential= name works too
+
         try:
-            return read_secret_file(file)
+            return read_secret_file(credential_path(file))
         except OSError as exc:
             raise ValueError(f"cannot read {what}_file {file}: {exc.strerror}") from None
     if inline is not None and not inline.get_secret_value():
