@@ -20,11 +20,14 @@ import time
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from collector.catalog import Catalog
 from collector.logs import ThrottledLog, get_logger
 from collector.model import Device, Dimensions, Reading
+
+if TYPE_CHECKING:
+    from collector.spool import Spool
 
 DropReason = Literal["expired", "overflow", "rejected", "invalid"]
 DROP_REASONS: tuple[DropReason, ...] = ("expired", "overflow", "rejected", "invalid")
@@ -35,7 +38,7 @@ log = get_logger("collector.buffer")
 class Series:
     """The buffered points of one (device, metric, dimensions); live points are [head:]."""
 
-    __slots__ = ("device", "dimensions", "generation", "head", "index", "log_pending",
+    __slots__ = ("device", "dimensions", "generation", "head", "index", "key", "log_pending",
                  "metric", "not_before_ms", "timestamps", "values")
 
     def __init__(self, index: int, device: str, metric: str, dimensions: Dimensions) -> None:
@@ -43,6 +46,7 @@ class Series:
         self.device = device
         self.metric = metric
         self.dimensions = dimensions
+        self.key = (device, metric, dimensions)
         self.timestamps = array("q")
         self.values = array("d")
         self.head = 0
@@ -132,11 +136,15 @@ class Buffer:
         self.delivered = 0
         self.dropped: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
         self.invalid_causes: dict[str, int] = {}
+        self.journal: Spool | None = None  # set to persist the buffer (see collector.spool)
+        self._in_flight: dict[int, Piece] = {}
         self._warn = ThrottledLog(log, interval=60.0)
 
     # ----- the sources' side -------------------------------------------------------------
 
     def declare_device(self, device: Device) -> None:
+        if self.journal is not None and self.catalog.devices.get(device.id) != device:
+            self.journal.device(device)
         self.catalog.declare_device(device)
 
     def emit(self, reading: Reading) -> None:
@@ -177,6 +185,8 @@ class Buffer:
         series.log_pending += 1
         self._log.append(series.index)
         self.buffered += 1
+        if self.journal is not None:
+            self.journal.added(series.key, ts, value)
         return None
 
     def _check_series(self, key: tuple[str, str, Dimensions]) -> Series | None:
@@ -211,6 +221,10 @@ class Buffer:
             stale = series.log_pending > len(series)
             series.log_pending -= 1
             if not stale:
+                if self.journal is not None:
+                    at = series.head
+                    self.journal.removed(series.key, series.timestamps[at : at + 1],
+                                         series.values[at : at + 1])
                 series.drop_head()
                 self.buffered -= 1
                 self.dropped["overflow"] += 1
@@ -270,32 +284,49 @@ class Buffer:
             n = len(ts)
             self.buffered -= n
             if min(ts) < cutoff:
-                keep = [i for i, t in enumerate(ts) if t >= cutoff]
-                self.dropped["expired"] += n - len(keep)
-                ts = array("q", (ts[i] for i in keep))
-                vs = array("d", (vs[i] for i in keep))
-                n = len(keep)
+                ts, vs = self._drop_expired(series, ts, vs, cutoff)
+                n = len(ts)
             if n:
                 self.in_flight += n
-                pieces.append(Piece(series, ts, vs))
+                piece = Piece(series, ts, vs)
+                self._in_flight[id(piece)] = piece
+                pieces.append(piece)
         if not pieces:
             return None
         version = self.catalog.device_versions.get(device_id, 0)
         return DeviceBatch(device, version, pieces)
 
     def accept(self, piece: Piece) -> None:
-        self.in_flight -= len(piece)
+        self._land(piece)
         self.delivered += len(piece)
 
     def reject(self, piece: Piece, reason: DropReason) -> None:
-        self.in_flight -= len(piece)
+        self._land(piece)
         self.dropped[reason] += len(piece)
 
     def keep(self, piece: Piece) -> None:
         """Put a piece back for a later retry (still subject to max_age)."""
+        self._in_flight.pop(id(piece), None)
         self.in_flight -= len(piece)
         self.buffered += len(piece)
         piece.series.put_back(piece.timestamps, piece.values)
+
+    def _land(self, piece: Piece) -> None:
+        """A piece left for good (delivered or dropped)."""
+        self._in_flight.pop(id(piece), None)
+        self.in_flight -= len(piece)
+        if self.journal is not None:
+            self.journal.removed(piece.series.key, piece.timestamps, piece.values)
+
+    def _drop_expired(self, series: Series, ts: array[int], vs: array[float],
+                      cutoff: int) -> tuple[array[int], array[float]]:
+        keep = [i for i, t in enumerate(ts) if t >= cutoff]
+        if self.journal is not None:
+            gone = [i for i, t in enumerate(ts) if t < cutoff]
+            self.journal.removed(series.key, array("q", (ts[i] for i in gone)),
+                                 array("d", (vs[i] for i in gone)))
+        self.dropped["expired"] += len(ts) - len(keep)
+        return array("q", (ts[i] for i in keep)), array("d", (vs[i] for i in keep))
 
     def expire(self, now: float | None = None) -> int:
         """Drop buffered points older than max_age (while nothing is being sent)."""
@@ -308,20 +339,19 @@ class Buffer:
             if min(ts) >= cutoff:
                 continue
             vs = series.values[series.head :]
-            keep = [i for i, t in enumerate(ts) if t >= cutoff]
-            series.timestamps = array("q", (ts[i] for i in keep))
-            series.values = array("d", (vs[i] for i in keep))
+            series.timestamps, series.values = self._drop_expired(series, ts, vs, cutoff)
             series.head = 0
-            dropped += len(ts) - len(keep)
+            dropped += len(ts) - len(series.timestamps)
         self.buffered -= dropped
-        self.dropped["expired"] += dropped
         return dropped
 
     def _drop_all(self, series_list: list[Series], reason: DropReason, cause: str | None) -> None:
         for series in series_list:
             n = len(series)
             if n:
-                series.take_all()
+                ts, vs = series.take_all()
+                if self.journal is not None:
+                    self.journal.removed(series.key, ts, vs)
                 self.buffered -= n
                 self.dropped[reason] += n
                 if cause:
@@ -329,6 +359,29 @@ class Buffer:
 
     def _cutoff_ms(self, now: float | None) -> int:
         return int((self.clock() if now is None else now) * 1000) - self.max_age_ms
+
+    def snapshot(self) -> dict[tuple[str, str, Dimensions], tuple[array[int], array[float]]]:
+        """Copies of every point not yet delivered or dropped (buffered and in flight)."""
+        points: dict[tuple[str, str, Dimensions], tuple[array[int], array[float]]] = {}
+        for series in self._by_index:
+            if len(series):
+                points[series.key] = (series.timestamps[series.head :],
+                                      series.values[series.head :])
+        for piece in self._in_flight.values():
+            ts, vs = points.setdefault(piece.series.key, (array("q"), array("d")))
+            ts.extend(piece.timestamps)
+            vs.extend(piece.values)
+        return points
+
+    def restore(self, devices: dict[str, Device],
+                points: dict[tuple[str, str, Dimensions], tuple[array[int], array[float]]]
+                ) -> None:
+        """Take back points from a spool (as readings: the usual rules and counts apply)."""
+        for device in devices.values():
+            self.declare_device(device)
+        for (device_id, metric, dimensions), (ts, vs) in points.items():
+            for t, v in zip(ts, vs, strict=True):
+                self.emit(Reading(device_id, metric, dimensions, t, v))
 
     def buffered_by_device(self) -> dict[str, int]:
         return {d: sum(len(s) for s in ss) for d, ss in self._by_device.items()}

@@ -28,6 +28,7 @@ from collector.logs import get_logger
 from collector.registration import register_metrics
 from collector.sources import Source, SourceContext, create_source
 from collector.sources.selfmon import SelfMonitor
+from collector.spool import Recovered, Spool
 from collector.systemd import Notifier, watchdog_loop
 from collector.telemetry import Telemetry
 
@@ -53,6 +54,7 @@ class Daemon:
         self.client: DynatraceClient | None = None
         self.flusher: Flusher | None = None
         self.sources: dict[str, tuple[SourceConfig | None, asyncio.Task[None]]] = {}
+        self.spool: Spool | None = None
         self.registered = asyncio.Event()
         self._stop = asyncio.Event()
         self._reloads = 0
@@ -87,13 +89,17 @@ class Daemon:
         try:
             await self._start_health(health)
             self._declare_devices(self.config)
+            recovered = await self._open_spool()
             log.info("starting", url=dt.url, metrics=len(self.config.all_metrics()),
                      sources=len(self.config.sources), dry_run=self.dry_run)
             if await self._until_stopped(self._register(self.config)):
                 self.registered.set()
+                await self._restore(recovered)
                 await self._sync_sources(self.config)
                 background = [asyncio.create_task(self.flusher.run(), name="flush"),
                               asyncio.create_task(watchdog_loop(self.notifier), name="watchdog")]
+                if self.spool is not None:
+                    background.append(asyncio.create_task(self._spool_loop(), name="spool"))
                 self.notifier.ready()
                 self._update_status()
                 await self._stop.wait()
@@ -104,6 +110,8 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._final_flush()
+            if self.spool is not None and self.registered.is_set():
+                await self._sync_spool()  # what is still undelivered survives the restart
         finally:
             await health.stop()
             await self.client.close()
@@ -165,6 +173,52 @@ class Daemon:
         self.config = new
         await self._register_metrics(changed)  # new metrics are registered before use
         await self._sync_sources(new)
+
+    # ----- spool ------------------------------------------------------------------------
+
+    async def _open_spool(self) -> Recovered | None:
+        settings = self.config.buffer.spool
+        if settings is None or self.dry_run:
+            return None
+        spool = Spool(settings.path, settings.sync_interval)
+        try:
+            recovered = await asyncio.to_thread(spool.open)
+        except OSError as exc:
+            log.error("spool cannot be opened; buffering in memory only",
+                      path=str(settings.path), error=exc.strerror or str(exc))
+            return None
+        self.spool = spool
+        self.buffer.journal = spool
+        return recovered
+
+    async def _restore(self, recovered: Recovered | None) -> None:
+        if self.spool is None or recovered is None:
+            return
+        b = self.buffer
+        before = (b.buffered, b.dropped["expired"], b.dropped["invalid"])
+        b.restore(recovered.devices, recovered.points)
+        log.info("spool restored", path=str(self.spool.directory), points=recovered.count,
+                 buffered=b.buffered - before[0], expired=b.dropped["expired"] - before[1],
+                 invalid=b.dropped["invalid"] - before[2],
+                 set_aside=[str(p) for p in recovered.set_aside])
+        self.telemetry.counter("spool_set_aside_files", "Corrupt spool files renamed at start"
+                               ).inc(len(recovered.set_aside))
+        await self._sync_spool(snapshot=True)
+
+    async def _spool_loop(self) -> None:
+        assert self.spool is not None
+        while True:
+            await asyncio.sleep(self.spool.sync_interval)
+            await self._sync_spool()
+
+    async def _sync_spool(self, snapshot: bool = False) -> None:
+        spool = self.spool
+        assert spool is not None
+        live = self.buffer.buffered + self.buffer.in_flight
+        if snapshot or spool.wants_compaction(live):
+            await spool.sync(self.buffer.snapshot(), dict(self.catalog.devices))
+        else:
+            await spool.sync()
 
     # ----- parts ------------------------------------------------------------------------
 
@@ -322,3 +376,7 @@ class Daemon:
                   lambda: {(c,): float(n) for c, n in b.invalid_causes.items()}, ("cause",))
         t.observe("points_buffered", "Data points waiting in the buffer (incl. in flight)",
                   "gauge", lambda: {(): float(b.buffered + b.in_flight)})
+        t.observe("spool_write_errors", "Spool writes that failed (disk full, unwritable)",
+                  "counter", lambda: {(): float(self.spool.write_errors if self.spool else 0)})
+        t.observe("spool_bytes_written", "Bytes written to the spool", "counter",
+                  lambda: {(): float(self.spool.bytes_written if self.spool else 0)})

@@ -75,6 +75,11 @@ class DynatraceConfig(StrictModel):
         return SecretStr(env) if env else None
 
 
+class SpoolConfig(StrictModel):
+    path: Path
+    sync_interval: PositiveDuration = 1.0
+
+
 class BufferConfig(StrictModel):
     flush_interval: PositiveDuration = 60.0
     flush_jitter: Duration = 0.0
@@ -82,6 +87,12 @@ class BufferConfig(StrictModel):
     max_points: int = Field(1_000_000, ge=1)
     max_clock_skew: Duration = 60.0
     shutdown_timeout: PositiveDuration = 10.0
+    spool: SpoolConfig | None = None
+
+    @field_validator("spool", mode="before")
+    @classmethod
+    def _spool_shorthand(cls, value: object) -> object:
+        return {"path": value} if isinstance(value, str) else value
 
     @field_validator("max_age")
     @classmethod
