@@ -205,3 +205,20 @@ def test_semantic_rules_of_sources(change: str, expected: str) -> None:
     }[change]
     messages = errors(GOOD + source.replace(change, replacement))
     assert any("sources[0].metric" in m and expected in m for m in messages), messages
+
+
+def test_a_secret_file_readable_by_others_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token\n")
+    token_file.chmod(0o644)
+    text = GOOD.replace("token: secret-token-value", f"token_file: {token_file}")
+    with caplog.at_level("WARNING", logger="collector.config"):
+        parse_config(text, env={})
+    assert f"secret file {token_file} is readable by other users" in caplog.text
+    assert "file-token" not in caplog.text
+    caplog.clear()
+    token_file.chmod(0o600)
+    with caplog.at_level("WARNING", logger="collector.config"):
+        parse_config(text, env={})
+    assert "readable by other users" not in caplog.text

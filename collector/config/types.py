@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -90,6 +91,10 @@ class StrictModel(BaseModel):
 
 def read_secret_file(path: Path) -> SecretStr:
     """The stripped content of a secret file; OSError names the file, never the content."""
+    if path.stat().st_mode & 0o044:
+        # stdlib logging: before logging is set up this still reaches stderr.
+        logging.getLogger("collector.config").warning(
+            "secret file %s is readable by other users; chmod 600 it", path)
     text = path.read_text(encoding="utf-8").strip()
     if not text:
         raise ValueError(f"secret file {path} is empty")
