@@ -142,10 +142,10 @@ class Buffer:
 
     # ----- the sources' side -------------------------------------------------------------
 
-    def declare_device(self, device: Device) -> None:
-        if self.journal is not None and self.catalog.devices.get(device.id) != device:
+    def declare_device(self, device: Device, *, configured: bool = False) -> None:
+        self.catalog.declare_device(device, configured=configured)
+        if self.journal is not None and self.catalog.devices.get(device.id) is device:
             self.journal.device(device)
-        self.catalog.declare_device(device)
 
     def emit(self, reading: Reading) -> None:
         """Accept one reading: O(1), synchronous; bad ones are counted, never raised."""

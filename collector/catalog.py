@@ -27,6 +27,8 @@ class Catalog:
         self.metrics: dict[str, MetricInfo] = {}
         self.devices: dict[str, Device] = {}
         self.device_versions: dict[str, int] = {}
+        self.configured: set[str] = set()
+        """Devices under `devices:` in the config: their metadata wins over a source's."""
         self.generation = 0
 
     def set_metric(self, metric: MetricInfo) -> None:
@@ -38,7 +40,11 @@ class Catalog:
         if self.metrics.pop(metric_id, None) is not None:
             self.generation += 1
 
-    def declare_device(self, device: Device) -> None:
+    def declare_device(self, device: Device, *, configured: bool = False) -> None:
+        if configured:
+            self.configured.add(device.id)
+        elif device.id in self.configured:
+            return  # the config describes this device; a source's view does not replace it
         old = self.devices.get(device.id)
         if old == device:
             return
@@ -48,6 +54,7 @@ class Catalog:
             self.generation += 1
 
     def remove_device(self, device_id: str) -> None:
+        self.configured.discard(device_id)
         if self.devices.pop(device_id, None) is not None:
             self.generation += 1
 

@@ -237,7 +237,7 @@ class Daemon:
 
     def _declare_devices(self, config: Config) -> None:
         for device_id, device in config.devices.items():
-            self.buffer.declare_device(device.to_device(device_id))
+            self.buffer.declare_device(device.to_device(device_id), configured=True)
 
     async def _start_health(self, health: HealthServer) -> None:
         try:

@@ -241,3 +241,13 @@ class BufferMachine(RuleBasedStateMachine):
 
 TestBufferMachine = BufferMachine.TestCase
 TestBufferMachine.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+def test_configured_devices_win_over_what_a_source_declares() -> None:
+    b, catalog, _ = make_buffer()
+    configured = Device("fw", "T", display_name="From the config", tags=("a",))
+    b.declare_device(configured, configured=True)
+    b.declare_device(Device("fw", "T", display_name="From SNMP"))
+    assert catalog.devices["fw"] == configured
+    b.declare_device(Device("sensor-1", "T", display_name="Discovered"))
+    assert catalog.devices["sensor-1"].display_name == "Discovered"
