@@ -12,15 +12,23 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import Row
 from bench.core import flush_throughput, memory_per_point
+from bench.mqtt import mqtt_ingest
 from collector.logs import setup_logging
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+SUITES: dict[str, Callable[[], list[Row]]] = {
+    "memory": lambda: [memory_per_point()],
+    "flush": lambda: [asyncio.run(flush_throughput())],
+    "mqtt": lambda: asyncio.run(mqtt_ingest()),
+}
 
 
 def machine() -> str:
@@ -51,17 +59,16 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", action="append", help="run only these (memory, flush)")
+    parser.add_argument("--only", action="append", choices=sorted(SUITES),
+                        help="run only these (repeatable)")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = parser.parse_args(argv)
     setup_logging("warning", "console")
-    wanted = set(args.only or ["memory", "flush"])
+    wanted = args.only or list(SUITES)
     started = time.time()
     rows: list[Row] = []
-    if "memory" in wanted:
-        rows.append(memory_per_point())
-    if "flush" in wanted:
-        rows.append(asyncio.run(flush_throughput()))
+    for name in wanted:
+        rows.extend(SUITES[name]())
     print(f"machine: {machine()}")
     print(table(rows))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
