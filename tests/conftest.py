@@ -12,7 +12,7 @@ import pytest
 from collector.simulator import Simulator
 from tests.helpers import TOKEN
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.mosquitto", "tests.snmpd"]
 
 
 @pytest.fixture

@@ -103,11 +103,18 @@ async def test_points_arrive_exactly_once_with_metadata_on_first_push(
         assert set(new[0].body) == {"series"}
         assert same_points(simulator.points(), expected + more)
 
-        # Changed metadata goes with the next push, once.
-        daemon.buffer.declare_device(Device("fw-1", "F5-Firewall", display_name="Renamed"))
-        await emit_points(daemon, 1, start_value=300)
+        # A device a source discovered: its changed metadata goes with the next push, once.
+        daemon.buffer.declare_device(Device("dyn-1", "F5-Firewall", display_name="First"))
+        await emit_points(daemon, 1, device="dyn-1", start_value=300)
+        await daemon.flush_now()
+        assert simulator.pushes[-1].body["displayName"] == "First"
+        daemon.buffer.declare_device(Device("dyn-1", "F5-Firewall", display_name="Renamed"))
+        await emit_points(daemon, 1, device="dyn-1", start_value=400)
         await daemon.flush_now()
         assert simulator.pushes[-1].body["displayName"] == "Renamed"
+        await emit_points(daemon, 1, device="dyn-1", start_value=500)
+        await daemon.flush_now()
+        assert "displayName" not in simulator.pushes[-1].body
         assert daemon.flusher is not None
         state = daemon.flusher.devices["fw-1"]
         assert state.entity_id is not None and state.entity_id.startswith("CUSTOM_DEVICE-")

@@ -1,5 +1,7 @@
 """Config: one YAML file parsed once into typed models; nothing below sees raw dicts."""
 
+import collector.config.mqtt  # registers type: mqtt
+import collector.config.snmp  # noqa: F401  registers type: snmp
 from collector.config.loader import ConfigError, ConfigIssue, load_config, parse_config
 from collector.config.model import (
     BufferConfig,

@@ -1,0 +1,109 @@
+"""The small interface between the SNMP source and an SNMP library: get scalars, walk columns.
+
+The source speaks only these types, so another engine (e.g. gufo_snmp) can be added
+beside the pysnmp one without touching it. An engine turns library values into `Varbind`s
+and library errors into the `SnmpError` classes below; it never logs credentials.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol
+
+from pydantic import SecretStr
+
+Oid = tuple[int, ...]
+
+
+class Kind(enum.Enum):
+    """The SNMP type of a value, as far as the source cares."""
+
+    INTEGER = "integer"
+    COUNTER32 = "counter32"
+    COUNTER64 = "counter64"
+    GAUGE32 = "gauge32"
+    TIMETICKS = "timeticks"
+    OCTETS = "octets"
+    OTHER = "other"  # OID, IpAddress, Opaque, Null: never a number
+    NO_SUCH_OBJECT = "no_such_object"
+    NO_SUCH_INSTANCE = "no_such_instance"
+    END_OF_MIB_VIEW = "end_of_mib_view"
+
+
+class Varbind(NamedTuple):
+    oid: Oid
+    kind: Kind
+    value: int | bytes | None
+
+
+@dataclass(frozen=True)
+class UsmUser:
+    """SNMPv3 user; protocols as written in the config (`SHA-256`, `AES-128`, ...)."""
+
+    name: str
+    auth_protocol: str = "none"
+    auth_key: SecretStr | None = field(default=None, repr=False)
+    priv_protocol: str = "none"
+    priv_key: SecretStr | None = field(default=None, repr=False)
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Agent:
+    """Where and how to reach one agent. Hashable, so engines can cache per agent."""
+
+    host: str
+    port: int
+    version: Literal["v1", "v2c", "v3"]
+    community: SecretStr | None = field(default=None, repr=False)
+    user: UsmUser | None = None
+    timeout: float = 5.0
+    """Seconds per try; a request takes at most timeout x (retries + 1)."""
+    retries: int = 1
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class SnmpError(Exception):
+    """A request failed as a whole. `reason` is the label it is counted under."""
+
+    reason = "error"
+
+
+class RequestTimeout(SnmpError):
+    reason = "timeout"
+
+
+class AuthError(SnmpError):
+    """SNMPv3 authentication or privacy failed (wrong user, key or protocol)."""
+
+    reason = "auth"
+
+
+class Unreachable(SnmpError):
+    """The address could not be resolved or used."""
+
+    reason = "unreachable"
+
+
+class AgentError(SnmpError):
+    """The agent answered with an error status (genErr, tooBig, ...)."""
+
+    reason = "agent_error"
+
+
+class Engine(Protocol):
+    """An SNMP library behind the source; one per event loop, shared by its sources."""
+
+    async def get(self, agent: Agent, oids: Sequence[Oid]) -> list[Varbind]:
+        """One varbind per OID, in order; missing ones have a NO_SUCH_* kind."""
+        ...
+
+    async def walk(self, agent: Agent, columns: Sequence[Oid],
+                   max_repetitions: int) -> list[Varbind]:
+        """Every instance under each column (GETBULK; GETNEXT for v1), not beyond it."""
+        ...
