@@ -239,3 +239,23 @@ def test_profile_filters_apply_to_the_tables_they_concern() -> None:
     broken = VALID.replace("profiles: [if-mib]", "profiles: [{name: if-mib, include: {port: x}}]")
     assert any("sources[0].targets[1].profiles[0]: filter key 'port' is neither a dimension of "
                "profile if-mib (interface) nor a column OID" in e for e in errors(broken))
+
+
+def test_two_sources_sharing_a_profile_union_its_types() -> None:
+    from collector.config import parse_config
+
+    text = """
+dynatrace: {url: https://x.live.dynatrace.com, token: t}
+sources:
+  - type: snmp
+    name: routers
+    community: c
+    targets: [{host: 127.0.0.1, device: r1, type: Router, profiles: [if-mib]}]
+  - type: snmp
+    name: switches
+    community: c
+    targets: [{host: 127.0.0.2, device: s1, type: Switch, profiles: [if-mib]}]
+"""
+    config = parse_config(text, env={})
+    types = {tuple(sorted(m.types)) for k, m in config.all_metrics().items() if "if." in k}
+    assert types == {("Router", "Switch")}

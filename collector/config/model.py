@@ -244,7 +244,12 @@ class Config(StrictModel):
         """Configured metrics plus those sources bring (configured ones win)."""
         merged: dict[str, MetricConfig] = self.self_monitoring.metric_definitions()
         for source in self.sources:
-            merged.update(source.metric_definitions())
+            for metric_id, metric in source.metric_definitions().items():
+                known = merged.get(metric_id)
+                if known is not None:  # e.g. two sources using one profile for other types
+                    types = list(dict.fromkeys([*known.types, *metric.types]))
+                    metric = known.model_copy(update={"types": types})
+                merged[metric_id] = metric
         merged.update(self.metrics)
         return merged
 
