@@ -246,10 +246,9 @@ class Config(StrictModel):
         for source in self.sources:
             for metric_id, metric in source.metric_definitions().items():
                 known = merged.get(metric_id)
-                if known is not None:  # e.g. two sources using one profile for other types
-                    types = list(dict.fromkeys([*known.types, *metric.types]))
-                    metric = known.model_copy(update={"types": types})
-                merged[metric_id] = metric
+                # e.g. two sources using one profile for devices of other types
+                merged[metric_id] = metric if known is None else known.model_copy(
+                    update={"types": list(dict.fromkeys([*known.types, *metric.types]))})
         merged.update(self.metrics)
         return merged
 
