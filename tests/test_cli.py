@@ -106,7 +106,7 @@ async def test_python_dash_m_collector_is_the_same_command() -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     assert proc.returncode == 0
-    assert "OK (1 metrics, 1 devices, 0 sources)" in out.decode()
+    assert "OK (18 metrics, 1 devices, 2 sources)" in out.decode()
 
 
 @pytest.mark.parametrize("command", ["run", "check-config", "simulate"])
