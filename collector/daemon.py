@@ -26,7 +26,7 @@ from collector.flush import Flusher
 from collector.health import HealthServer
 from collector.logs import get_logger
 from collector.registration import register_metrics
-from collector.sources import Source, SourceContext, create_source
+from collector.sources import CountedSink, Source, SourceContext, create_source
 from collector.sources.selfmon import SelfMonitor
 from collector.spool import Recovered, Spool
 from collector.systemd import Notifier, watchdog_loop
@@ -270,7 +270,8 @@ class Daemon:
         for name, source_config in wanted.items():
             if name in self.sources:
                 continue
-            ctx = SourceContext(sink=self.buffer, telemetry=self.telemetry,
+            ctx = SourceContext(sink=CountedSink(self.buffer, self.telemetry, name),
+                                telemetry=self.telemetry,
                                 log=get_logger(f"collector.sources.{name}"), clock=self.clock)
             source: Source = (create_source(source_config, ctx) if source_config is not None
                               else SelfMonitor(config.self_monitoring, ctx))

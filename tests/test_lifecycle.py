@@ -234,3 +234,19 @@ async def test_self_monitoring_reports_its_own_counters(simulator: Simulator) ->
     received = [p.value for p in simulator.points() if p.device == "collector-1"
                 and p.metric == "custom:dtcollector.points.received"]
     assert received and received[0] == 1.0
+
+
+async def test_metrics_count_readings_per_source(simulator: Simulator) -> None:
+    import tests.fakesource  # noqa: F401  registers type: fake
+
+    port = free_port()
+    text = (base_config(simulator.url).replace("  listen: ''", f"  listen: 127.0.0.1:{port}")
+            + METRICS + "sources:\n"
+            "  - {type: fake, name: fw-feed, device: fw-1, device_type: F5-Firewall,\n"
+            "     metric: custom:fw.sessions, count: 3, interval: 0.01}\n")
+    async with running_daemon(parse_config(text, env={})) as daemon:
+        await wait_for(lambda: daemon.buffer.received == 3, what="3 readings")
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/metrics") as answer:
+            m = prometheus(await answer.text())
+    assert m['dtcollector_readings_received_total{source="fw-feed"}'] == 3

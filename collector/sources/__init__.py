@@ -15,7 +15,7 @@ from typing import Protocol
 
 from collector.config.model import SourceConfig
 from collector.logs import Logger, get_logger
-from collector.model import Sink
+from collector.model import Device, Reading, Sink
 from collector.telemetry import Telemetry
 
 # Modules that register the built-in source types when imported.
@@ -29,6 +29,23 @@ class SourceContext:
     log: Logger = field(default_factory=lambda: get_logger("collector.sources"))
     clock: Callable[[], float] = time.time
     """Wall clock in seconds; readings are stamped with int(clock() * 1000)."""
+
+
+class CountedSink:
+    """A sink that counts what one source hands over (readings_received{source})."""
+
+    __slots__ = ("_counter", "_sink", "declare_device")
+
+    def __init__(self, sink: Sink, telemetry: Telemetry, source: str) -> None:
+        self._sink = sink
+        self._counter = telemetry.counter(
+            "readings_received", "Readings sources handed to the buffer, by source", ("source",)
+        ).labels(source)
+        self.declare_device: Callable[[Device], None] = sink.declare_device
+
+    def emit(self, reading: Reading) -> None:
+        self._counter.value += 1
+        self._sink.emit(reading)
 
 
 class Source(Protocol):
