@@ -16,6 +16,7 @@ from collector.model import Reading
 from collector.simulator import Simulator
 from tests.helpers import TOKEN, base_config, free_port, running_daemon, wait_for
 from tests.test_cli import Running, start
+from tests.test_flush import METRICS
 
 
 def fake_config(url: str, sources: list[tuple[str, str]], extra_metric: str = "",
@@ -130,19 +131,6 @@ async def test_sighup_reload_applies_a_valid_config_and_rejects_an_invalid_one(
     assert any("dynatrace.url" in error for error in rejected[0]["errors"])
 
 
-METRICS = """\
-metrics:
-  custom:fw.dropped:
-    display_name: Dropped
-    dimensions: [nic]
-    types: [F5-Firewall]
-  custom:fw.sessions:
-    display_name: Sessions
-    types: [F5-Firewall]
-devices:
-  fw-1:
-    type: F5-Firewall
-"""
 
 
 def prometheus(text: str) -> dict[str, float]:
