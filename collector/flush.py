@@ -183,7 +183,11 @@ class Flusher:
         while True:
             jitter = random.uniform(0, self.config.flush_jitter) if self.config.flush_jitter else 0
             await asyncio.sleep(max(0.0, next_at - time.monotonic()) + jitter)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # a bug must not end flushing for good: log it, go on
+                log.exception("flush failed unexpectedly; the next one will try again")
+                self._flushes.labels("error").inc()
             next_at += self.config.flush_interval
             now = time.monotonic()
             if now > next_at:  # the flush took longer than an interval: skip, don't pile up
