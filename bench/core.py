@@ -56,8 +56,8 @@ def memory_per_point() -> Row:
     used = (tracemalloc.get_traced_memory()[0] - base) / POINTS
     tracemalloc.stop()
     assert buffer.buffered == POINTS, buffer.dropped
-    return Row("buffer memory at 1M points", "bytes/point (tracemalloc)", used, raw,
-               "two typed arrays (raw 16 B floor)", "value <= 40", False,
+    return Row("buffer memory at 1M points", "bytes/point, tracemalloc", used, raw,
+               "two typed arrays: the raw 16 B floor", "value <= 40", False,
                "incl. series objects and arrival log")
 
 

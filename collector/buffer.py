@@ -38,8 +38,9 @@ log = get_logger("collector.buffer")
 class Series:
     """The buffered points of one (device, metric, dimensions); live points are [head:]."""
 
-    __slots__ = ("device", "dimensions", "generation", "head", "index", "key", "log_pending",
-                 "metric", "not_before_ms", "timestamps", "values")
+    __slots__ = ("device", "dimensions", "generation", "head", "index", "journaled", "key",
+                 "log_pending", "metric", "not_before_ms", "timestamps", "unjournaled",
+                 "values")
 
     def __init__(self, index: int, device: str, metric: str, dimensions: Dimensions) -> None:
         self.index = index
@@ -53,6 +54,8 @@ class Series:
         self.log_pending = 0  # arrival-log entries of this series not yet consumed
         self.generation = -1  # catalog generation this series was last checked at
         self.not_before_ms = 0
+        self.journaled = 0  # points [:journaled] are in the spool's journal (or gone)
+        self.unjournaled = False  # points were added since the series last went to it
 
     def __len__(self) -> int:
         return len(self.timestamps) - self.head
@@ -62,10 +65,12 @@ class Series:
             ts, vs = self.timestamps, self.values
         else:
             ts, vs = self.timestamps[self.head :], self.values[self.head :]
-        self.timestamps, self.values, self.head = array("q"), array("d"), 0
+        self.timestamps, self.values, self.head, self.journaled = array("q"), array("d"), 0, 0
         return ts, vs
 
     def put_back(self, ts: array[int], vs: array[float]) -> None:
+        """Points taken earlier (so journaled) go back before those buffered since."""
+        self.journaled = len(ts) + max(0, self.journaled - self.head)
         self.timestamps = ts + self.timestamps[self.head :]
         self.values = vs + self.values[self.head :]
         self.head = 0
@@ -75,6 +80,7 @@ class Series:
         if self.head > 64 and self.head * 2 > len(self.timestamps):
             del self.timestamps[: self.head]
             del self.values[: self.head]
+            self.journaled = max(0, self.journaled - self.head)
             self.head = 0
 
 
@@ -137,6 +143,8 @@ class Buffer:
         self.dropped: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
         self.invalid_causes: dict[str, int] = {}
         self.journal: Spool | None = None  # set to persist the buffer (see collector.spool)
+        self._unjournaled: list[Series] = []
+        self._journal_pending: dict[Series, tuple[array[int], array[float]]] = {}
         self._in_flight: dict[int, Piece] = {}
         self._warn = ThrottledLog(log, interval=60.0)
 
@@ -185,8 +193,11 @@ class Buffer:
         series.log_pending += 1
         self._log.append(series.index)
         self.buffered += 1
-        if self.journal is not None:
-            self.journal.added(series.key, ts, value)
+        if self.journal is not None and not series.unjournaled:
+            # The point is journaled at the next sync, with the rest of the series' new
+            # ones (journal_additions): an emit costs the spool nothing more than this.
+            series.unjournaled = True
+            self._unjournaled.append(series)
         return None
 
     def _check_series(self, key: tuple[str, str, Dimensions]) -> Series | None:
@@ -221,8 +232,8 @@ class Buffer:
             stale = series.log_pending > len(series)
             series.log_pending -= 1
             if not stale:
-                if self.journal is not None:
-                    at = series.head
+                at = series.head
+                if self.journal is not None and at < series.journaled:
                     self.journal.removed(series.key, series.timestamps[at : at + 1],
                                          series.values[at : at + 1])
                 series.drop_head()
@@ -240,6 +251,14 @@ class Buffer:
             del self._log[:head]
             self._log_head = 0
         if len(self._log) - self._log_head > 2 * self.max_points + 4096:
+            self._compact_log()
+
+    def _forget_departed(self) -> None:
+        """Keep the arrival log in proportion to what is buffered: without overflow nothing
+        else trims it, and it would grow by an entry for every point ever received. Runs
+        at the end of each flush (`expire`); not with points in flight, whose entries would
+        look departed."""
+        if self.in_flight == 0 and len(self._log) - self._log_head > 2 * self.buffered + 4096:
             self._compact_log()
 
     def _compact_log(self) -> None:
@@ -280,6 +299,7 @@ class Buffer:
             ) is None:
                 self._drop_all([series], "invalid", None)
                 continue
+            self._journal_new(series)  # in flight, they must survive a crash too
             ts, vs = series.take_all()
             n = len(ts)
             self.buffered -= n
@@ -339,16 +359,19 @@ class Buffer:
             if min(ts) >= cutoff:
                 continue
             vs = series.values[series.head :]
+            self._journal_new(series)  # so that the journal can record them gone
             series.timestamps, series.values = self._drop_expired(series, ts, vs, cutoff)
-            series.head = 0
+            series.head, series.journaled = 0, len(series.timestamps)
             dropped += len(ts) - len(series.timestamps)
         self.buffered -= dropped
+        self._forget_departed()
         return dropped
 
     def _drop_all(self, series_list: list[Series], reason: DropReason, cause: str | None) -> None:
         for series in series_list:
             n = len(series)
             if n:
+                self._journal_new(series)  # so that the journal's removal matches an add
                 ts, vs = series.take_all()
                 if self.journal is not None:
                     self.journal.removed(series.key, ts, vs)
@@ -372,6 +395,40 @@ class Buffer:
             ts.extend(piece.timestamps)
             vs.extend(piece.values)
         return points
+
+    # ----- the spool's side --------------------------------------------------------------
+
+    def journal_additions(self) -> None:
+        """Hand the journal every point added since the last call (before each sync)."""
+        for series in self._unjournaled:
+            self._journal_new(series)
+            series.unjournaled = False
+        self._unjournaled.clear()
+        pending, self._journal_pending = self._journal_pending, {}
+        if pending and self.journal is not None:
+            self.journal.added({series.key: points for series, points in pending.items()})
+
+    def journal_caught_up(self) -> None:
+        """Every point is in the journal now (a snapshot of `snapshot()` was taken)."""
+        for series in self._by_index:
+            series.journaled = len(series.timestamps)
+            series.unjournaled = False
+        self._unjournaled.clear()
+        self._journal_pending = {}
+
+    def _journal_new(self, series: Series) -> None:
+        """Set aside the points of `series` the journal has not seen yet (for the next sync:
+        taken for a flush or expired before it, they must be in the journal too)."""
+        start, end = max(series.head, series.journaled), len(series.timestamps)
+        if start < end and self.journal is not None:
+            ts, vs = series.timestamps[start:end], series.values[start:end]
+            pending = self._journal_pending.get(series)
+            if pending is None:
+                self._journal_pending[series] = (ts, vs)
+            else:
+                pending[0].extend(ts)
+                pending[1].extend(vs)
+        series.journaled = end
 
     def restore(self, devices: dict[str, Device],
                 points: dict[tuple[str, str, Dimensions], tuple[array[int], array[float]]]

@@ -216,8 +216,10 @@ class Daemon:
         assert spool is not None
         live = self.buffer.buffered + self.buffer.in_flight
         if snapshot or spool.wants_compaction(live):
+            self.buffer.journal_caught_up()  # the snapshot holds every point
             await spool.sync(self.buffer.snapshot(), dict(self.catalog.devices))
         else:
+            self.buffer.journal_additions()
             await spool.sync()
 
     # ----- parts ------------------------------------------------------------------------

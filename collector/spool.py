@@ -4,8 +4,10 @@ An append-only segment log (why not SQLite: the buffer already holds points as t
 arrays per series, and a log of those arrays is written with one `write` per batch and
 read back with `frombytes`; no per-point rows, no indexes, no deletes). Every
 `sync_interval` the points added to and removed from the buffer since the last sync are
-appended as two records and fsynced, in a thread. Devices' metadata is recorded too, so
-points of devices a source discovered can be sent after a restart.
+appended as two records and fsynced, in a thread. The buffer hands its new points over
+per series just before a sync (`Buffer.journal_additions`), so an emit costs the spool
+next to nothing. Devices' metadata is recorded too, so points of devices a source
+discovered can be sent after a restart.
 
 When a generation file has grown to several times what is live, a snapshot of the live
 buffer starts a new generation and the old files are deleted. On start the newest state
@@ -52,7 +54,7 @@ def _encode_points(kind: bytes, batch: Batch) -> bytes:
     series = []
     stamps, values = array("q"), array("d")
     for (device, metric, dims), (ts, vs) in batch.items():
-        series.append([device, metric, [list(p) for p in dims], len(ts)])
+        series.append((device, metric, dims, len(ts)))  # tuples: JSON arrays
         stamps.extend(ts)
         values.extend(vs)
     if not LITTLE:
@@ -201,14 +203,17 @@ class Spool:
         self.bytes_written = 0
         self.syncs = 0
 
-    # ----- the buffer's side: O(1), on the event loop -----------------------------------
+    # ----- the buffer's side: on the event loop -------------------------------------------
 
-    def added(self, key: SeriesKey, ts: int, value: float) -> None:
-        pending = self._added.get(key)
-        if pending is None:
-            pending = self._added[key] = (array("q"), array("d"))
-        pending[0].append(ts)
-        pending[1].append(value)
+    def added(self, batch: Batch) -> None:
+        """Points added to the buffer (handed over once per sync, per series)."""
+        if not self._added:
+            self._added = batch
+            return
+        for key, (ts, vs) in batch.items():
+            pending = self._added.setdefault(key, (array("q"), array("d")))
+            pending[0].extend(ts)
+            pending[1].extend(vs)
 
     def removed(self, key: SeriesKey, ts: array[int], values: array[float]) -> None:
         pending = self._removed.get(key)

@@ -11,6 +11,7 @@ Types are Net-SNMP's: integer, gauge, counter, counter64, timeticks, string, obj
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import sys
@@ -53,7 +54,8 @@ class Values:
         self.order = sorted(self.values)
 
     def next_after(self, oid: Oid) -> Oid | None:
-        return next((o for o in self.order if o > oid), None)
+        at = bisect.bisect_right(self.order, oid)
+        return self.order[at] if at < len(self.order) else None
 
 
 def main() -> None:

@@ -58,6 +58,8 @@ class SnmpAgent:
     values_file: Path
     process: subprocess.Popen[bytes]
     log_file: Path
+    command: list[str]
+    env: dict[str, str]
 
     @property
     def host(self) -> str:
@@ -70,6 +72,11 @@ class SnmpAgent:
     def set(self, values: Values, delay: float = 0.0) -> None:
         """Serve exactly these values (OID -> (Net-SNMP type, value)) from now on."""
         _write_values(self.values_file, values, delay)
+
+    def restart(self) -> None:
+        """Stop, and start again on the same ports: its SNMPv3 engineBoots goes up."""
+        self.stop()
+        self.process = _launch(self.command, self.env, self.log_file)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -134,19 +141,28 @@ def start_snmpd(directory: Path, *, ports: int = 1, engine_id: str = "dtctest",
            "MIBDIRS": str(directory / "mibs"), "SNMP_PERSISTENT_DIR": str(directory / "persist"),
            "SNMPCONFPATH": str(directory)}
     log_file = directory / "snmpd.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [SNMPD, "-f", "-Lo", "-C", "-c", str(conf),
-             *([] if builtin else ["-I", "-" + BUILTINS_OFF])],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory)
-    agent = SnmpAgent(port_list, values_file, process, log_file)
+    log_file.write_bytes(b"")
+    command = [SNMPD, "-f", "-Lo", "-C", "-c", str(conf),
+               *([] if builtin else ["-I", "-" + BUILTINS_OFF])]
+    return SnmpAgent(port_list, values_file, _launch(command, env, log_file), log_file,
+                     command, env)
+
+
+def _launch(command: list[str], env: dict[str, str], log_file: Path
+            ) -> subprocess.Popen[bytes]:
+    """Run snmpd, logging to `log_file`, and wait until it serves."""
+    started = log_file.read_text(errors="replace").count("NET-SNMP version")
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=log_file.parent)
     deadline = time.monotonic() + 10
-    while "NET-SNMP version" not in agent.log_file.read_text(errors="replace"):
-        if agent.process.poll() is not None or time.monotonic() > deadline:
-            agent.stop()
-            raise RuntimeError(f"snmpd did not start:\n{agent.log_file.read_text()}")
+    while log_file.read_text(errors="replace").count("NET-SNMP version") == started:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"snmpd did not start:\n{log_file.read_text()}")
         time.sleep(0.02)
-    return agent
+    return process
 
 
 Start = Callable[..., SnmpAgent]

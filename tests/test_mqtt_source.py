@@ -6,8 +6,10 @@ to the Dynatrace simulator are in test_mqtt_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import ssl
 import textwrap
 from pathlib import Path
 
@@ -245,6 +247,7 @@ async def test_tls_verifies_the_broker_by_default(
     failures = [e for e in logs if e["event"] == "mqtt connection lost or refused; retrying"]
     assert len(failures) == 1
     assert "CERTIFICATE_VERIFY_FAILED" in failures[0]["error"]
+    assert failures[0]["url"] == mosquitto_tls.url  # names the broker's host
 
 
 async def test_tls_verification_can_be_turned_off_for_a_lab_broker(
@@ -400,3 +403,59 @@ async def test_a_full_incoming_queue_discards_and_counts_what_it_discards(
                        what="every message processed or counted as discarded")
         assert run.count("mqtt_discarded") > 0
         assert len(run.sink.readings) == run.count("mqtt_messages")
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_a_message_arriving_as_the_source_stops_is_handled_not_lost(
+        mosquitto: Broker, topic_root: str, turns: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiomqtt's message iterator takes each message off the queue in a task of its own; a
+    # source stopped (reload, shutdown) between that task's get and the iterator's return
+    # used to lose the message, already acknowledged to the broker. Here a message is put
+    # in the queue as paho's on_message does, and the source is stopped `turns` event-loop
+    # turns later: every moment of that window is tried.
+    from collector.sources.mqtt import MqttSource
+
+    queues: list[asyncio.Queue[aiomqtt.Message]] = []
+    make_client = MqttSource._client
+
+    def capture(self: MqttSource, tls: ssl.SSLContext | None
+                ) -> tuple[aiomqtt.Client, asyncio.Queue[aiomqtt.Message]]:
+        client, queue = make_client(self, tls)
+        queues.append(queue)
+        return client, queue
+
+    monkeypatch.setattr(MqttSource, "_client", capture)
+    config = mqtt_config(json_source(mosquitto.url, topic_root))
+    topic = f"{topic_root}/site/linz/sensor/s1/state"
+    async with running_source(config) as run:
+        await asyncio.sleep(0.05)  # the source waits for a message
+        queues[-1].put_nowait(aiomqtt.Message(topic, state(TS, 20, 1, 1).encode(), 1, False,
+                                              1, None))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        run.task.cancel()
+        await asyncio.gather(run.task, return_exceptions=True)
+    assert len(run.sink.readings) == 3
+    assert run.count("mqtt_messages") == 1
+
+
+@pytest.mark.parametrize("clean_session", [False, True])
+async def test_a_message_arriving_while_disconnecting_is_left_to_a_persistent_session(
+        clean_session: bool) -> None:
+    # Once the source disconnects, a message that still comes in is acknowledged after the
+    # DISCONNECT, which the broker never reads: a persistent session gets it again on the
+    # next connection, so handling it now would double it; a clean session would not.
+    from collector.sources import SourceContext
+    from collector.sources.mqtt import MqttSource
+    from collector.telemetry import Telemetry
+    from tests.mosquitto import ListSink
+
+    config = mqtt_config(json_source("mqtt://127.0.0.1:1883", "t", client_id="c",
+                                     clean_session=str(clean_session).lower()))
+    source = MqttSource(config.sources[0], SourceContext(ListSink(), Telemetry()))  # type: ignore[arg-type]
+    _, queue = source._client(None)
+    message = aiomqtt.Message("t/site/a/sensor/b/state", b"{}", 1, False, 1, None)
+    queue.put_nowait(message)
+    queue.closing = True
+    queue.put_nowait(message)
+    assert queue.qsize() == (2 if clean_session else 1)

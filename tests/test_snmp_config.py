@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import ConfigError, parse_config
+from collector.config import snmp as snmp_config
 from collector.config.snmp import SnmpSourceConfig, parse_host, parse_oid
 
 GOOD = """\
@@ -91,6 +92,38 @@ def test_defaults_overrides_and_devices() -> None:
         "router.example.com:1161", "Router", ("router.example.com",))
     assert [t.name for t in source.target_tables(router)] == ["interfaces", ""]
     assert [s.oid for s in source.target_scalars(fw)] == ["1.3.6.1.4.1.99999.1.0"]
+
+
+def test_the_engine_is_gufo_unless_the_source_or_a_target_says_otherwise() -> None:
+    source = snmp(VALID)
+    assert [source.target_engine(t) for t in source.targets] == ["gufo", "gufo"]
+    source = snmp(VALID.replace("        type: Router\n", "        type: Router\n"
+                                "        engine: pysnmp\n"))
+    assert [source.target_engine(t) for t in source.targets] == ["gufo", "pysnmp"]
+    source = snmp(VALID.replace("    name: network\n", "    name: network\n    engine: pysnmp\n"))
+    assert [source.target_engine(t) for t in source.targets] == ["pysnmp", "pysnmp"]
+
+
+def test_what_gufo_cannot_do_is_said_where_the_v3_user_is() -> None:
+    text = VALID.replace("priv_protocol: aes-256", "priv_protocol: 3des")
+    assert errors(text) == ["c.yaml:42: sources[0].targets[1].v3.priv_protocol: engine gufo has "
+                            "no 3DES privacy: set engine: pysnmp (on the target or the source)"]
+    snmp(text.replace("        type: Router\n", "        type: Router\n        engine: pysnmp\n"))
+
+
+def test_engine_gufo_where_gufo_snmp_is_not_installed_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # gufo_snmp has no build for 32-bit ARM and some others: there pysnmp is the default.
+    monkeypatch.setattr(snmp_config, "GUFO_INSTALLED", False)
+    text = VALID.replace("    name: network\n", "    name: network\n    engine: gufo\n")
+    problem = ("engine gufo needs the gufo_snmp package, which is not installed (it has no "
+               "build for this machine): set engine: pysnmp")
+    assert errors(text) == [f"c.yaml:16: sources[0].engine: {problem}"]
+    text = VALID.replace("        type: Router\n", "        type: Router\n"
+                         "        engine: gufo\n").replace("device_type: Firewall",
+                                                          "device_type: Firewall\n"
+                                                          "    engine: pysnmp")
+    assert errors(text) == [f"c.yaml:36: sources[0].targets[1].engine: {problem}"]
 
 
 def test_profile_metrics_are_registered_with_the_types_that_use_them() -> None:

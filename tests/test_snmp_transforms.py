@@ -9,6 +9,7 @@ from collector.sources.snmp.engine import Kind, Varbind
 from collector.sources.snmp.transforms import (
     AgentClock,
     CounterState,
+    counter_bits,
     counter_increase,
     read_number,
     read_text,
@@ -36,6 +37,16 @@ def test_a_drop_no_wrap_explains_is_a_reset(bits: int, data: st.DataObject) -> N
 def test_a_drop_of_a_value_that_is_not_a_counter_is_a_reset() -> None:
     assert counter_increase(10.5, 3.0, None) is None
     assert counter_increase(3, 10, None) == 7
+
+
+def test_a_number_of_unknown_type_wraps_at_32_bits_while_it_fits() -> None:
+    # gufo_snmp reports no types: a counter is taken for a Counter32 while it fits 32 bits.
+    bits = counter_bits(Kind.NUMBER)
+    assert counter_increase(2**32 - 300, 700, bits) == 1000
+    assert counter_increase(2**40, 2**40 + 5, bits) == 5
+    assert counter_increase(2**64 - 300, 700, bits) == 1000  # beyond 32 bits: a Counter64
+    assert counter_increase(1_000_000_000, 5, bits) is None  # no wrap explains that drop
+    assert counter_increase(2**40, 5, bits) is None
 
 
 def test_first_sample_sets_the_baseline_then_delta_and_rate() -> None:
@@ -113,6 +124,7 @@ def test_read_number_parses_numeric_text_and_counts_the_rest() -> None:
         return read_number(Varbind(OID, kind, value))
 
     assert number(Kind.COUNTER64, 2**64 - 1) == (2**64 - 1, None)
+    assert number(Kind.NUMBER, -3) == (-3, None)
     assert number(Kind.OCTETS, b" 42.5 ") == (42.5, None)
     assert number(Kind.OCTETS, b"17\x00") == (17, None)
     assert number(Kind.OCTETS, b"up") == (None, "not_a_number")
@@ -127,6 +139,7 @@ def test_read_text_for_dimension_values() -> None:
     assert read_text(Varbind(OID, Kind.OCTETS, b"GigabitEthernet0/1\x00")) == "GigabitEthernet0/1"
     assert read_text(Varbind(OID, Kind.OCTETS, b"\x00\x1a\x2b\xff")) == "00:1a:2b:ff"
     assert read_text(Varbind(OID, Kind.INTEGER, 7)) == "7"
+    assert read_text(Varbind(OID, Kind.NUMBER, 7)) == "7"
     assert read_text(Varbind(OID, Kind.OCTETS, b"x" * 300)) == "x" * 128
     assert read_text(Varbind(OID, Kind.OCTETS, b"")) is None
     assert read_text(Varbind(OID, Kind.NO_SUCH_INSTANCE, None)) is None

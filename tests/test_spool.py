@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import tempfile
 from array import array
+from collections import Counter
 from pathlib import Path
 
-from collector.buffer import Buffer
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from collector.buffer import Buffer, Piece
 from collector.catalog import Catalog, MetricInfo
 from collector.model import Device, Reading
 from collector.simulator import Simulator
@@ -30,6 +36,21 @@ def journaled_buffer(directory: Path) -> tuple[Buffer, Spool]:
     return buffer, spool
 
 
+async def sync(buffer: Buffer, spool: Spool, *, snapshot: bool = False) -> None:
+    """What the daemon does every sync interval (or to compact: a snapshot)."""
+    if snapshot:
+        buffer.journal_caught_up()
+        await spool.sync(buffer.snapshot(), dict(buffer.catalog.devices))
+    else:
+        buffer.journal_additions()
+        await spool.sync()
+
+
+def journal_sync(buffer: Buffer, spool: Spool, loop: asyncio.AbstractEventLoop, *,
+                 snapshot: bool = False) -> None:
+    loop.run_until_complete(sync(buffer, spool, snapshot=snapshot or spool.needs_snapshot))
+
+
 def emit(buffer: Buffer, n: int, start: int = 0, key: str = "x") -> None:
     for i in range(start, start + n):
         buffer.emit(Reading("d1", "custom:m", (("k", key),), int(NOW * 1000) - 1000 + i,
@@ -45,7 +66,7 @@ async def test_added_minus_delivered_is_what_comes_back(tmp_path: Path) -> None:
     buffer, spool = journaled_buffer(tmp_path)
     emit(buffer, 10)
     emit(buffer, 3, key="y")
-    await spool.sync()
+    await sync(buffer, spool)
     batch = buffer.take("d1")
     assert batch is not None
     delivered = next(p for p in batch.pieces if p.series.dimensions == (("k", "x"),))
@@ -54,7 +75,7 @@ async def test_added_minus_delivered_is_what_comes_back(tmp_path: Path) -> None:
         if piece is not delivered:
             buffer.keep(piece)
     emit(buffer, 2, start=100)
-    await spool.sync()
+    await sync(buffer, spool)
     recovered = recover(tmp_path)
     assert live(recovered.points) == {"x": [100.0, 101.0], "y": [0.0, 1.0, 2.0]}
     assert recovered.devices["d1"] == Device("d1", "T", display_name="Device one",
@@ -65,38 +86,38 @@ async def test_added_minus_delivered_is_what_comes_back(tmp_path: Path) -> None:
 async def test_points_in_flight_at_a_crash_come_back(tmp_path: Path) -> None:
     buffer, spool = journaled_buffer(tmp_path)
     emit(buffer, 4)
-    await spool.sync()
+    await sync(buffer, spool)
     assert buffer.take("d1") is not None  # in flight when the process dies
-    await spool.sync()
+    await sync(buffer, spool)
     assert live(recover(tmp_path).points) == {"x": [0.0, 1.0, 2.0, 3.0]}
     # A snapshot taken while they are in flight keeps them too.
-    await spool.sync(buffer.snapshot(), dict(buffer.catalog.devices))
+    await sync(buffer, spool, snapshot=True)
     assert live(recover(tmp_path).points) == {"x": [0.0, 1.0, 2.0, 3.0]}
 
 
 async def test_snapshot_starts_a_new_generation_and_deletes_the_old(tmp_path: Path) -> None:
     buffer, spool = journaled_buffer(tmp_path)
     emit(buffer, 5)
-    await spool.sync()
+    await sync(buffer, spool)
     batch = buffer.take("d1")
     assert batch is not None
     for piece in batch.pieces:
         buffer.accept(piece)
     emit(buffer, 2, start=50)
-    await spool.sync(buffer.snapshot(), dict(buffer.catalog.devices))
+    await sync(buffer, spool, snapshot=True)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["gen-00000001.log"]
     emit(buffer, 1, start=60)
-    await spool.sync()
+    await sync(buffer, spool)
     assert live(recover(tmp_path).points) == {"x": [50.0, 51.0, 60.0]}
 
 
 async def test_corrupt_and_truncated_records_are_set_aside(tmp_path: Path) -> None:
     buffer, spool = journaled_buffer(tmp_path)
     emit(buffer, 3)
-    await spool.sync()
+    await sync(buffer, spool)
     emit(buffer, 3, start=10)
-    await spool.sync()
+    await sync(buffer, spool)
     path = tmp_path / "gen-00000000.log"
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # damage the last record
@@ -118,12 +139,12 @@ async def test_unwritable_spool_is_counted_and_memory_goes_on(tmp_path: Path) ->
     buffer, spool = journaled_buffer(tmp_path)
     (tmp_path / "gen-00000000.log").mkdir()  # writes to it fail, as root too
     emit(buffer, 3)
-    await spool.sync()
+    await sync(buffer, spool)
     assert spool.write_errors == 1
     assert spool.needs_snapshot
     assert buffer.buffered == 3
     (tmp_path / "gen-00000000.log").rmdir()
-    await spool.sync(buffer.snapshot(), dict(buffer.catalog.devices))
+    await sync(buffer, spool, snapshot=True)
     assert live(recover(tmp_path).points) == {"x": [0.0, 1.0, 2.0]}
 
 
@@ -154,3 +175,81 @@ async def test_kill_9_then_restart_delivers_the_spooled_points(
     assert '"event": "spool restored"' in second.stderr
     # Everything was delivered, so what the spool holds now is nothing.
     assert recover(spool_dir).points == {}
+
+
+def multiset(points: dict[SeriesKey, tuple[array[int], array[float]]]
+             ) -> Counter[tuple[SeriesKey, int, float]]:
+    return Counter((key, t, v) for key, (ts, vs) in points.items()
+                   for t, v in zip(ts, vs, strict=True))
+
+
+Op = tuple[str, int]
+ops = st.lists(st.tuples(st.sampled_from(
+    ["emit", "emit", "emit", "old", "take", "take", "accept", "keep", "keep", "reject",
+     "expire", "forget", "sync", "sync", "sync", "snapshot", "fail"]), st.integers(0, 50)),
+    min_size=8, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+# Expired while more came in; evicted so often that a series' arrays were compacted.
+@example([("sync", 0), ("old", 3), ("sync", 0), ("expire", 10), ("emit", 5), ("sync", 0)])
+@example([("sync", 0), *[("emit", 11)] * 10, ("sync", 0), *[("emit", 11)] * 15, ("sync", 0)])
+# A point dropped unjournaled, then the same point again (a QoS 1 repeat).
+@example([("sync", 0), ("emit", 1), ("forget", 0), ("emit", 1)])
+def test_what_a_sync_leaves_on_disk_is_what_the_buffer_holds(steps: list[Op]) -> None:
+    # Whatever happens between syncs (points added, taken, delivered, put back, rejected,
+    # evicted, expired; a write that fails), after a sync the spool rebuilds exactly the
+    # points the buffer holds, in flight included.
+    now = [NOW]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        catalog = Catalog()
+        catalog.set_metric(MetricInfo("custom:m", frozenset({"k"}), frozenset({"T"})))
+        buffer = Buffer(catalog, max_points=40, max_age=600, clock=lambda: now[0])
+        spool = Spool(directory)
+        spool.open()
+        buffer.journal = spool
+        buffer.declare_device(Device("d1", "T"))
+        buffer.declare_device(Device("d2", "T"))
+        flying: list[Piece] = []
+        loop = asyncio.new_event_loop()
+        try:
+            for step, n in steps:
+                if step in ("emit", "old"):
+                    for i in range(n % 12):
+                        age = 500_000 if step == "old" else i
+                        buffer.emit(Reading(f"d{1 + n % 2}", "custom:m", (("k", f"s{i % 3}"),),
+                                            int(now[0] * 1000) - age, float(n * 100 + i)))
+                elif step == "take":
+                    batch = buffer.take(f"d{1 + n % 2}")
+                    flying += batch.pieces if batch else []
+                elif step in ("accept", "keep", "reject") and flying:
+                    piece = flying.pop(n % len(flying))
+                    if step == "accept":
+                        buffer.accept(piece)
+                    elif step == "keep":
+                        buffer.keep(piece)
+                    else:
+                        buffer.reject(piece, "rejected")
+                elif step == "forget":  # a reload removed the device, then it came back
+                    buffer.catalog.remove_device("d2")
+                    assert buffer.take("d2") is None
+                    buffer.declare_device(Device("d2", "T"))
+                elif step == "expire":
+                    now[0] += n * 20
+                    buffer.expire()
+                elif step == "fail":  # the disk is full for one sync
+                    def full(data: bytes) -> None:
+                        raise OSError(errno.ENOSPC, "No space left on device")
+
+                    spool._append = spool._write_generation = full  # type: ignore[method-assign]
+                    journal_sync(buffer, spool, loop)
+                    del spool._append, spool._write_generation
+                elif step in ("sync", "snapshot"):
+                    journal_sync(buffer, spool, loop, snapshot=step == "snapshot")
+                    assert multiset(recover(directory).points) == multiset(buffer.snapshot())
+            journal_sync(buffer, spool, loop)
+            assert multiset(recover(directory).points) == multiset(buffer.snapshot())
+        finally:
+            loop.close()

@@ -22,6 +22,7 @@ from collector.config.types import (
     PositiveDuration,
     StrictModel,
     pick_secret,
+    shown_url,
 )
 from collector.model import Device
 
@@ -34,14 +35,15 @@ WINDOW_SECONDS = 3600.0
 
 def check_http_url(value: str, what: str = "URL") -> str:
     parts = urlsplit(value)
+    shown = shown_url(value)  # never the credentials a URL may carry
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} {value!r} must be an http:// or https:// URL with a host")
+        raise ValueError(f"{what} {shown!r} must be an http:// or https:// URL with a host")
     if parts.query or parts.fragment:
-        raise ValueError(f"{what} {value!r} must not have a query or fragment")
+        raise ValueError(f"{what} {shown!r} must not have a query or fragment")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"{what} {value!r} has an invalid port") from None
+        raise ValueError(f"{what} {shown!r} has an invalid port") from None
     return value
 
 
@@ -60,7 +62,12 @@ class DynatraceConfig(StrictModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return check_http_url(value.rstrip("/"), "dynatrace.url")
+        url = check_http_url(value.rstrip("/"), "dynatrace.url")
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            # It would be logged with the URL; the token goes in a header anyway.
+            raise ValueError("put the token in dynatrace.token or token_file, not in the url")
+        return url
 
     @model_validator(mode="after")
     def _read_token(self) -> DynatraceConfig:

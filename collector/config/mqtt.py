@@ -34,6 +34,7 @@ from collector.config.types import (
     PositiveDuration,
     StrictModel,
     pick_secret,
+    shown_url,
 )
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -247,16 +248,17 @@ class MqttSourceConfig(SourceConfig):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
+        shown = shown_url(value)  # never the credentials a URL may carry
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise ValueError(f"url {value!r} must be mqtt://host[:port] or mqtts://host[:port]")
+            raise ValueError(f"url {shown!r} must be mqtt://host[:port] or mqtts://host[:port]")
         if parts.username is not None or parts.password is not None:
             raise ValueError("put credentials in username and password, not in the url")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"url {value!r} must not have a path, query or fragment")
+            raise ValueError(f"url {shown!r} must not have a path, query or fragment")
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
-            raise ValueError(f"url {value!r} has an invalid port") from None
+            raise ValueError(f"url {shown!r} has an invalid port") from None
         return value
 
     @field_validator("keepalive")

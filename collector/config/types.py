@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr
 
@@ -52,6 +53,19 @@ PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValida
 
 _METRIC_ID = re.compile(r"custom:[A-Za-z0-9._,\-]+")
 _DIMENSION_KEY = re.compile(r"[A-Za-z0-9._\-]+")
+
+
+def shown_url(value: str) -> str:
+    """A URL as an error message may show it: without user info, query or fragment, which
+    may hold credentials (`https://user:pass@host`, `?Api-Token=...`)."""
+    try:
+        parts = urlsplit(value)
+        has_user = parts.username is not None or parts.password is not None
+    except ValueError:
+        return "(not a URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"***@{host}" if has_user else host, parts.path,
+                       "..." if parts.query else "", "..." if parts.fragment else ""))
 
 
 def check_metric_id(value: str) -> str:

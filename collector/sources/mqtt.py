@@ -51,6 +51,25 @@ _client_log.setLevel(logging.WARNING)
 _client_log.addFilter(lambda record: not record.getMessage().startswith("Message queue is full"))
 
 
+class _Incoming(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming queue, remembering the message last taken off it (`in_hand`)
+    until the source has handled it. aiomqtt's message iterator takes each message in a
+    task of its own and loses it when the iterator is cancelled after that task's get but
+    before it returns (a reload or shutdown stopping the source); the source handles it."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.in_hand: aiomqtt.Message | None = None
+        self.closing = False
+        """Set once the source disconnects: a message arriving now is acknowledged after
+        our DISCONNECT, which the broker never reads; in a persistent session it will send
+        the message again, so it is left to that (handling it too would double it)."""
+
+    def get_nowait(self) -> aiomqtt.Message:
+        self.in_hand = super().get_nowait()
+        return self.in_hand
+
+
 class _Series(NamedTuple):
     field: str
     path: tuple[str | int, ...]
@@ -152,36 +171,46 @@ class MqttSource:
         """Connect, subscribe, and handle messages until the connection breaks."""
         cfg = self.config
         client, queue = self._client(tls)
-        async with client:
-            topics: list[tuple[str, int]] = [(s.filter, s.qos) for s in cfg.subscriptions]
-            granted: Sequence[int | ReasonCode] = await client.subscribe(topics)
-            for subscription, code in zip(cfg.subscriptions, granted, strict=True):
-                if int(code.value if isinstance(code, ReasonCode) else code) >= 0x80:
-                    self._state.failed(("subscription", subscription.filter),
-                                       "mqtt broker refused a subscription",
-                                       filter=subscription.filter, code=str(code))
-                else:
-                    self._state.ok(("subscription", subscription.filter),
-                                   "mqtt subscription accepted", filter=subscription.filter)
-            self._connected.set(1)
-            if not self._state.ok("broker", "mqtt connection recovered", url=cfg.url):
-                self._log.info("mqtt connected", url=cfg.url, client_id=cfg.client_id,
-                               subscriptions=[s.filter for s in cfg.subscriptions])
-            try:
-                async for message in client.messages:
-                    self._handle(message)
-                    # Take what else is waiting now: one trip through aiomqtt's iterator
-                    # per message costs more than handling the message.
-                    for _ in range(min(queue.qsize(), _BATCH)):
-                        self._handle(queue.get_nowait())
-            finally:
-                # Still queued when the connection broke (or at shutdown): these were
-                # acknowledged to the broker already, so handle them, never drop them.
-                while not queue.empty():
-                    self._handle(queue.get_nowait())
+        try:
+            async with client:
+                topics: list[tuple[str, int]] = [(s.filter, s.qos) for s in cfg.subscriptions]
+                granted: Sequence[int | ReasonCode] = await client.subscribe(topics)
+                for subscription, code in zip(cfg.subscriptions, granted, strict=True):
+                    if int(code.value if isinstance(code, ReasonCode) else code) >= 0x80:
+                        self._state.failed(("subscription", subscription.filter),
+                                           "mqtt broker refused a subscription",
+                                           filter=subscription.filter, code=str(code))
+                    else:
+                        self._state.ok(("subscription", subscription.filter),
+                                       "mqtt subscription accepted", filter=subscription.filter)
+                self._connected.set(1)
+                if not self._state.ok("broker", "mqtt connection recovered", url=cfg.url):
+                    self._log.info("mqtt connected", url=cfg.url, client_id=cfg.client_id,
+                                   subscriptions=[s.filter for s in cfg.subscriptions])
+                try:
+                    async for message in client.messages:
+                        queue.in_hand = None
+                        self._handle(message)
+                        # Take what else is waiting now: one trip through aiomqtt's
+                        # iterator per message costs more than handling the message.
+                        for _ in range(min(queue.qsize(), _BATCH)):
+                            self._handle(queue.get_nowait())
+                            queue.in_hand = None
+                finally:
+                    queue.closing = True  # the DISCONNECT goes out next (see _Incoming)
+        finally:
+            # Taken off the queue but not handled (see _Incoming), or still queued when the
+            # connection broke or the source stopped: acknowledged to the broker already,
+            # so handle them, never drop them. In a clean session, also what came in while
+            # disconnecting: nothing would send it again.
+            taken, queue.in_hand = queue.in_hand, None
+            if taken is not None:
+                self._handle(taken)
+            while not queue.empty():
+                self._handle(queue.get_nowait())
+            queue.in_hand = None
 
-    def _client(self, tls: ssl.SSLContext | None
-                ) -> tuple[aiomqtt.Client, asyncio.Queue[aiomqtt.Message]]:
+    def _client(self, tls: ssl.SSLContext | None) -> tuple[aiomqtt.Client, _Incoming]:
         """A client and its incoming queue. A new client per connection: aiomqtt 2.x clients
         are not reliably reusable after a broken connection (empicano/aiomqtt#269, #288)."""
         cfg = self.config
@@ -191,7 +220,7 @@ class MqttSource:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = int(cfg.session_expiry)
         password = cfg.secret_password()
-        queues: list[asyncio.Queue[aiomqtt.Message]] = []
+        queues: list[_Incoming] = []
         client = aiomqtt.Client(
             cfg.host,
             cfg.port,
@@ -211,19 +240,20 @@ class MqttSource:
         )
         return client, queues[0]
 
-    def _queue_class(self, made: list[asyncio.Queue[aiomqtt.Message]]
-                     ) -> type[asyncio.Queue[aiomqtt.Message]]:
+    def _queue_class(self, made: list[_Incoming]) -> type[_Incoming]:
         source = self
 
-        class IncomingQueue(asyncio.Queue[aiomqtt.Message]):
-            """aiomqtt's incoming queue. Counts what it discards when full (aiomqtt only
-            logs that), and lets the source see the instance aiomqtt makes, to drain it."""
+        class IncomingQueue(_Incoming):
+            """Counts what it discards when full (aiomqtt only logs that), and lets the
+            source see the instance aiomqtt makes, to drain it."""
 
             def __init__(self, maxsize: int = 0) -> None:
                 super().__init__(maxsize)
                 made.append(self)
 
             def put_nowait(self, item: aiomqtt.Message) -> None:
+                if self.closing and not source.config.clean_session:
+                    return
                 try:
                     super().put_nowait(item)
                 except asyncio.QueueFull:

@@ -1,8 +1,9 @@
 """The `type: snmp` source: scalars and tables from SNMP agents, one custom device per target.
 
 Modules: `source` (polling a target, emitting readings), `engine` (the interface to an SNMP
-library) and `pysnmp_engine` (that interface on pysnmp), `transforms` (gauge, delta, rate),
-`profiles` (built-in sets of OIDs). The config is in `collector.config.snmp`.
+library), `gufo_engine` and `pysnmp_engine` (that interface on gufo_snmp and on pysnmp; the
+config chooses per target), `transforms` (gauge, delta, rate), `profiles` (built-in sets
+of OIDs). The config is in `collector.config.snmp`.
 """
 
 from __future__ import annotations

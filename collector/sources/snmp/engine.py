@@ -1,8 +1,8 @@
 """The small interface between the SNMP source and an SNMP library: get scalars, walk columns.
 
-The source speaks only these types, so another engine (e.g. gufo_snmp) can be added
-beside the pysnmp one without touching it. An engine turns library values into `Varbind`s
-and library errors into the `SnmpError` classes below; it never logs credentials.
+The source speaks only these types; an engine (pysnmp, gufo_snmp) turns library values
+into `Varbind`s and library errors into the `SnmpError` classes below, and never logs
+credentials. Which engine polls a target is chosen in the config (`engine:`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ class Kind(enum.Enum):
     COUNTER64 = "counter64"
     GAUGE32 = "gauge32"
     TIMETICKS = "timeticks"
+    NUMBER = "number"
+    """An integer whose SNMP type the library does not report (gufo_snmp): INTEGER,
+    Counter32/64, Gauge32 or TimeTicks."""
     OCTETS = "octets"
     OTHER = "other"  # OID, IpAddress, Opaque, Null: never a number
     NO_SUCH_OBJECT = "no_such_object"
@@ -36,6 +39,10 @@ class Varbind(NamedTuple):
     oid: Oid
     kind: Kind
     value: int | bytes | None
+
+
+Column = dict[Oid, Varbind]
+"""A column walked: row index (what follows the column's OID) -> varbind, in the agent's order."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class Engine(Protocol):
         ...
 
     async def walk(self, agent: Agent, columns: Sequence[Oid],
-                   max_repetitions: int) -> list[Varbind]:
-        """Every instance under each column (GETBULK; GETNEXT for v1), not beyond it."""
+                   max_repetitions: int) -> dict[Oid, Column]:
+        """Every instance under each column (GETBULK; GETNEXT for v1), not beyond it; one
+        entry per column asked."""
         ...

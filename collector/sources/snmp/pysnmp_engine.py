@@ -52,6 +52,7 @@ from collector.sources.snmp.engine import (
     Agent,
     AgentError,
     AuthError,
+    Column,
     Kind,
     Oid,
     RequestTimeout,
@@ -177,8 +178,8 @@ class PysnmpEngine:
         return found
 
     async def walk(self, agent: Agent, columns: Sequence[Oid],
-                   max_repetitions: int) -> list[Varbind]:
-        found: list[Varbind] = []
+                   max_repetitions: int) -> dict[Oid, Column]:
+        found: dict[Oid, Column] = {column: {} for column in columns}
         cursors = {column: column for column in columns}
         active = list(cursors)
         while active:
@@ -207,7 +208,7 @@ class PysnmpEngine:
                         or varbind.oid <= cursors[column]):
                     finished.add(column)
                     continue
-                found.append(varbind)
+                found[column][varbind.oid[len(column):]] = varbind
                 cursors[column] = varbind.oid
                 progressed = True
             if not progressed:
@@ -329,10 +330,12 @@ class PysnmpEngine:
 
     def _error(self, agent: Agent, indication: Any) -> SnmpError:
         if isinstance(indication, errind.RequestTimedOut):
-            if (agent.host, agent.port) in self._engine_ids and agent not in self._authenticated:
+            authenticated = agent in self._authenticated
+            if agent.version == "v3":
+                self._forget_v3(agent)  # discover again next time: it may be another device
+            if agent.version == "v3" and not authenticated:
                 # Agents drop what they cannot decrypt: a timeout after a successful
                 # discovery, before any answer, is most likely a privacy key problem.
-                self._forget_v3(agent)
                 return AuthError("no answer to authenticated requests although the agent "
                                  "answered engine discovery: check priv_protocol and priv_key")
             return RequestTimeout(f"no response within {agent.timeout}s x "
@@ -346,6 +349,7 @@ class PysnmpEngine:
     def _forget_v3(self, agent: Agent) -> None:
         self._engine_ids.pop((agent.host, agent.port), None)
         self._auth.pop(agent, None)
+        self._authenticated.discard(agent)
 
 
 _SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[PysnmpEngine, int]] = (

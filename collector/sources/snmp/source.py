@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain
 from typing import Literal, NamedTuple
 
-from collector.config.snmp import INDEX, SnmpSourceConfig, SnmpTable, SnmpTarget, parse_oid
+from collector.config.snmp import (
+    INDEX,
+    EngineName,
+    SnmpSourceConfig,
+    SnmpTable,
+    SnmpTarget,
+    parse_oid,
+)
 from collector.logs import StateLog
 from collector.model import Device, Dimensions, Reading, dims
 from collector.sources import SourceContext
@@ -24,6 +31,7 @@ from collector.sources.schedule import PollJob, PollScheduler
 from collector.sources.snmp.engine import (
     Agent,
     AgentError,
+    Column,
     Engine,
     Kind,
     Oid,
@@ -41,7 +49,9 @@ from collector.sources.snmp.transforms import (
 from collector.telemetry import Family
 
 SYS_UPTIME: Oid = (1, 3, 6, 1, 2, 1, 1, 3, 0)  # SNMPv2-MIB::sysUpTime.0
-EngineFactory = Callable[[], AbstractAsyncContextManager[Engine]]
+_TICKS = {Kind.TIMETICKS, Kind.NUMBER}  # NUMBER: from an engine that reports no types
+_NOT_IN_ROW = Varbind((), Kind.NO_SUCH_INSTANCE, None)
+"""What a column gives for a row it has no value in."""
 TransformName = Literal["gauge", "delta", "rate"]
 
 
@@ -100,12 +110,10 @@ class _Telemetry:
 
 
 class SnmpSource:
-    def __init__(self, config: SnmpSourceConfig, ctx: SourceContext,
-                 engine: EngineFactory | None = None) -> None:
+    def __init__(self, config: SnmpSourceConfig, ctx: SourceContext) -> None:
         self.name = config.name
         self.config = config
         self.ctx = ctx
-        self._engine = engine
         labels = ("source", "target")
         t = ctx.telemetry
         self._telemetry = _Telemetry(
@@ -125,16 +133,23 @@ class SnmpSource:
             self.ctx.sink.declare_device(target.device)
         scheduler = PollScheduler(self.name, self.ctx.telemetry, self.ctx.log,
                                   max_concurrency=self.config.max_concurrency)
-        async with self._open_engine() as engine:
-            await scheduler.run([PollJob(t.device.id, t.interval, partial(t.poll, engine))
+        async with AsyncExitStack() as stack:
+            engines = {name: await stack.enter_async_context(open_engine(name))
+                       for name in dict.fromkeys(t.engine for t in self.targets)}
+            await scheduler.run([PollJob(t.device.id, t.interval,
+                                         partial(t.poll, engines[t.engine]))
                                  for t in self.targets])
 
-    def _open_engine(self) -> AbstractAsyncContextManager[Engine]:
-        if self._engine is not None:
-            return self._engine()
-        from collector.sources.snmp.pysnmp_engine import pysnmp_engine  # imports pysnmp
 
-        return pysnmp_engine()
+def open_engine(name: EngineName) -> AbstractAsyncContextManager[Engine]:
+    """The event loop's shared engine of that name; its library is imported on first use."""
+    if name == "gufo":
+        from collector.sources.snmp.gufo_engine import gufo_engine
+
+        return gufo_engine()
+    from collector.sources.snmp.pysnmp_engine import pysnmp_engine
+
+    return pysnmp_engine()
 
 
 def _agent(config: SnmpSourceConfig, target: SnmpTarget) -> Agent:
@@ -159,6 +174,7 @@ class TargetPoller:
                  telemetry: _Telemetry, states: StateLog) -> None:
         self.device: Device = config.target_device(target)
         self.agent = _agent(config, target)
+        self.engine = config.target_engine(target)
         self.interval = target.interval or config.interval
         self._max_repetitions = config.max_repetitions
         self._scalars = [_Metric(s.metric, parse_oid(s.oid), s.transform, s.scale)
@@ -182,7 +198,7 @@ class TargetPoller:
         except SnmpError as exc:
             return self._failed(exc)
         uptime = scalars[0]
-        ticks = uptime.value if uptime.kind is Kind.TIMETICKS else None
+        ticks = uptime.value if uptime.kind in _TICKS else None
         at, epoch = self._clock.update(ticks if isinstance(ticks, int) else None,
                                        time.monotonic())
         resets = self._counters.resets
@@ -199,7 +215,7 @@ class TargetPoller:
                 continue
             except SnmpError as exc:
                 return self._failed(exc)
-            self._varbinds.inc(len(found))
+            self._varbinds.inc(sum(map(len, found.values())))
             self._emit_table(table, found, when._replace(stamp=self._now_ms()))
         self._resets.inc(self._counters.resets - resets)
         if ok:
@@ -214,34 +230,28 @@ class TargetPoller:
                             host=self.agent.address, reason=exc.reason, error=str(exc))
         return False
 
-    def _emit_table(self, table: _Table, found: list[Varbind], when: _When) -> None:
-        rows: dict[Oid, dict[Oid, Varbind]] = {}
-        for varbind in found:
-            for column in table.columns:
-                if varbind.oid[:len(column)] == column:
-                    rows.setdefault(varbind.oid[len(column):], {})[column] = varbind
-                    break
-        for index, row in rows.items():
-            if not all((v := _row_value(row, index, s)) is not None and p.fullmatch(v)
+    def _emit_table(self, table: _Table, found: dict[Oid, Column], when: _When) -> None:
+        # What each metric reads, looked up once per poll rather than once per row.
+        reads = [(metric, found[metric.oid], None if metric.divide_by is None
+                  else found[metric.divide_by]) for metric in table.metrics]
+        # The rows in the agent's order: every index of every column, once.
+        for index in dict.fromkeys(chain.from_iterable(found.values())):
+            if not all((v := _row_value(found, index, s)) is not None and p.fullmatch(v)
                        for s, p in table.include):
                 continue
-            if any((v := _row_value(row, index, s)) is not None and p.fullmatch(v)
+            if any((v := _row_value(found, index, s)) is not None and p.fullmatch(v)
                    for s, p in table.exclude):
                 continue
-            labels = {key: _row_value(row, index, s) for key, s in table.dimensions.items()}
+            labels = {key: _row_value(found, index, s) for key, s in table.dimensions.items()}
             known = {key: v for key, v in labels.items() if v is not None}
             if len(known) < len(labels):
                 for metric in table.metrics:
                     self._bad(metric.metric, "missing_dimension")
                 continue
             dimensions = dims(known)
-            for metric in table.metrics:
-                varbind = row.get(metric.oid) or Varbind(metric.oid, Kind.NO_SUCH_INSTANCE, None)
-                divisor = None
-                if metric.divide_by is not None:
-                    divisor = row.get(metric.divide_by) or Varbind(
-                        metric.divide_by, Kind.NO_SUCH_INSTANCE, None)
-                self._emit(metric, dimensions, varbind, divisor, when)
+            for metric, column, divisors in reads:
+                divisor = None if divisors is None else divisors.get(index, _NOT_IN_ROW)
+                self._emit(metric, dimensions, column.get(index, _NOT_IN_ROW), divisor, when)
 
     def _emit(self, metric: _Metric, dimensions: Dimensions, varbind: Varbind,
               divisor: Varbind | None, when: _When) -> None:
@@ -254,9 +264,12 @@ class TargetPoller:
         if value is None:
             self._bad(metric.metric, reason or "not_a_number")
             return
-        out = self._counters.apply((metric.metric, dimensions), metric.transform, value,
-                                   bits=counter_bits(varbind.kind), at=when.at,
-                                   epoch=when.epoch, scale=metric.scale)
+        if metric.transform == "gauge":  # the common case; a gauge keeps no state
+            out: float | None = value * metric.scale
+        else:
+            out = self._counters.apply((metric.metric, dimensions), metric.transform, value,
+                                       bits=counter_bits(varbind.kind), at=when.at,
+                                       epoch=when.epoch, scale=metric.scale)
         if out is not None:
             self._ctx.sink.emit(Reading(self.device.id, metric.metric, dimensions, when.stamp,
                                         out))
@@ -272,9 +285,9 @@ class TargetPoller:
         return int(self._ctx.clock() * 1000)
 
 
-def _row_value(row: dict[Oid, Varbind], index: Oid, source: Oid | None) -> str | None:
+def _row_value(found: dict[Oid, Column], index: Oid, source: Oid | None) -> str | None:
     """A dimension or filter value of a row: a column's text, or the index (`None`)."""
     if source is None:
         return ".".join(map(str, index))
-    varbind = row.get(source)
+    varbind = found[source].get(index)
     return None if varbind is None else read_text(varbind)

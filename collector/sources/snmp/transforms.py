@@ -17,8 +17,11 @@ from collector.sources.snmp.engine import Kind, Varbind
 
 Number = int | float
 TICKS_WRAP = 2**32
-_BITS = {Kind.COUNTER32: 32, Kind.COUNTER64: 64, Kind.TIMETICKS: 32}
-_NUMERIC = {Kind.INTEGER, Kind.COUNTER32, Kind.COUNTER64, Kind.GAUGE32, Kind.TIMETICKS}
+UNKNOWN_WIDTH = 0
+"""The counter width of a `Kind.NUMBER`: 32 bits while its values fit, else 64."""
+_BITS = {Kind.COUNTER32: 32, Kind.COUNTER64: 64, Kind.TIMETICKS: 32, Kind.NUMBER: UNKNOWN_WIDTH}
+_NUMERIC = {Kind.INTEGER, Kind.COUNTER32, Kind.COUNTER64, Kind.GAUGE32, Kind.TIMETICKS,
+            Kind.NUMBER}
 _MISSING = {Kind.NO_SUCH_OBJECT: "no_such_object", Kind.NO_SUCH_INSTANCE: "no_such_instance",
             Kind.END_OF_MIB_VIEW: "end_of_mib_view"}
 MAX_DIMENSION_VALUE = 128
@@ -58,6 +61,7 @@ def read_text(varbind: Varbind) -> str | None:
 
 
 def counter_bits(kind: Kind) -> int | None:
+    """How many bits a counter of this kind wraps at; None for kinds that never wrap."""
     return _BITS.get(kind)
 
 
@@ -67,6 +71,8 @@ def counter_increase(previous: Number, current: Number, bits: int | None) -> Num
         return current - previous
     if bits is None:
         return None
+    if bits == UNKNOWN_WIDTH:
+        bits = 32 if previous < 2**32 else 64
     wrapped = current + 2**bits - previous
     # A wrap leaves a small increase; a reset leaves an implausibly large one.
     return wrapped if wrapped < 2 ** (bits - 1) else None
