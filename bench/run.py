@@ -23,6 +23,7 @@ from bench.core import flush_throughput, memory_per_point
 from bench.e2e import end_to_end
 from bench.mqtt import mqtt_ingest
 from bench.snmp import snmp_scale, snmp_walk
+from bench.spool import spool_ingest
 from collector.logs import setup_logging
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,6 +33,7 @@ SUITES: dict[str, Callable[[], list[Row]]] = {
     "memory": lambda: [memory_per_point()],
     "flush": lambda: [asyncio.run(flush_throughput())],
     "mqtt": lambda: asyncio.run(mqtt_ingest()),
+    "spool": spool_ingest,
     "snmp-walk": snmp_walk,
     "snmp-scale": snmp_scale,
     "e2e": lambda: asyncio.run(end_to_end()),

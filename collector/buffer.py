@@ -19,7 +19,7 @@ import math
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from collector.catalog import Catalog
@@ -91,14 +91,20 @@ class Piece:
     series: Series
     timestamps: array[int]
     values: array[float]
+    in_flight: dict[int, Piece] | None = field(default=None, repr=False, compare=False)
+    """The buffer's register of pieces in flight, which the halves replace this one in."""
 
     def __len__(self) -> int:
         return len(self.timestamps)
 
     def split(self) -> tuple[Piece, Piece]:
         mid = len(self.timestamps) // 2
-        return (Piece(self.series, self.timestamps[:mid], self.values[:mid]),
-                Piece(self.series, self.timestamps[mid:], self.values[mid:]))
+        halves = (Piece(self.series, self.timestamps[:mid], self.values[:mid], self.in_flight),
+                  Piece(self.series, self.timestamps[mid:], self.values[mid:], self.in_flight))
+        if self.in_flight is not None and self.in_flight.pop(id(self), None) is not None:
+            for half in halves:
+                self.in_flight[id(half)] = half
+        return halves
 
 
 @dataclass(slots=True)
@@ -308,7 +314,7 @@ class Buffer:
                 n = len(ts)
             if n:
                 self.in_flight += n
-                piece = Piece(series, ts, vs)
+                piece = Piece(series, ts, vs, self._in_flight)
                 self._in_flight[id(piece)] = piece
                 pieces.append(piece)
         if not pieces:

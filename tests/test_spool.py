@@ -186,7 +186,8 @@ def multiset(points: dict[SeriesKey, tuple[array[int], array[float]]]
 Op = tuple[str, int]
 ops = st.lists(st.tuples(st.sampled_from(
     ["emit", "emit", "emit", "old", "take", "take", "accept", "keep", "keep", "reject",
-     "expire", "forget", "sync", "sync", "sync", "snapshot", "fail"]), st.integers(0, 50)),
+     "split", "expire", "forget", "sync", "sync", "sync", "snapshot", "fail"]),
+    st.integers(0, 50)),
     min_size=8, max_size=60)
 
 
@@ -195,6 +196,9 @@ ops = st.lists(st.tuples(st.sampled_from(
 # Expired while more came in; evicted so often that a series' arrays were compacted.
 @example([("sync", 0), ("old", 3), ("sync", 0), ("expire", 10), ("emit", 5), ("sync", 0)])
 @example([("sync", 0), *[("emit", 11)] * 10, ("sync", 0), *[("emit", 11)] * 15, ("sync", 0)])
+# A piece split for the body size, its halves delivered.
+@example([("sync", 0), ("emit", 11), ("take", 1), ("split", 0), *[("accept", 0)] * 4,
+          ("sync", 0)])
 # A point dropped unjournaled, then the same point again (a QoS 1 repeat).
 @example([("sync", 0), ("emit", 1), ("forget", 0), ("emit", 1)])
 def test_what_a_sync_leaves_on_disk_is_what_the_buffer_holds(steps: list[Op]) -> None:
@@ -232,6 +236,9 @@ def test_what_a_sync_leaves_on_disk_is_what_the_buffer_holds(steps: list[Op]) ->
                         buffer.keep(piece)
                     else:
                         buffer.reject(piece, "rejected")
+                elif step == "split" and flying:  # a body too large for one request
+                    piece = flying.pop(n % len(flying))
+                    flying += piece.split() if len(piece) > 1 else [piece]
                 elif step == "forget":  # a reload removed the device, then it came back
                     buffer.catalog.remove_device("d2")
                     assert buffer.take("d2") is None
