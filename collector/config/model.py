@@ -20,6 +20,7 @@ from collector.config.types import (
     Duration,
     MetricId,
     PositiveDuration,
+    Properties,
     StrictModel,
     pick_secret,
     shown_url,
@@ -137,7 +138,7 @@ class DeviceConfig(StrictModel):
     host_names: list[str] = []
     listen_ports: list[int] = []
     tags: list[str] = []
-    properties: dict[str, str] = {}
+    properties: Properties = {}
     config_url: str | None = None
     favicon: str | None = None
 
@@ -147,16 +148,6 @@ class DeviceConfig(StrictModel):
         bad = [p for p in value if not 0 < p < 65536]
         if bad:
             raise ValueError(f"ports must be 1-65535, not {bad}")
-        return value
-
-    @field_validator("properties")
-    @classmethod
-    def _properties(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > 20:
-            raise ValueError("at most 20 properties per device")
-        for key, val in value.items():
-            if len(key) > 100 or len(val) > 200:
-                raise ValueError(f"property {key!r}: keys at most 100, values 200 characters")
         return value
 
     @field_validator("config_url", "favicon")

@@ -27,6 +27,7 @@ from collector.config.types import (
     DimensionKey,
     MetricId,
     PositiveDuration,
+    Properties,
     StrictModel,
     pick_secret,
 )
@@ -110,16 +111,6 @@ def _regex(value: str) -> str:
 def _finite(value: float) -> float:
     if not math.isfinite(value) or value == 0:
         raise ValueError("scale must be a finite number other than 0")
-    return value
-
-
-def _properties(value: dict[str, str]) -> dict[str, str]:
-    # The limits Dynatrace puts on custom device properties (api-notes.md).
-    if len(value) > 20:
-        raise ValueError("at most 20 properties per device")
-    for key, val in value.items():
-        if len(key) > 100 or len(val) > 200:
-            raise ValueError(f"property {key!r}: keys at most 100, values 200 characters")
     return value
 
 
@@ -317,7 +308,7 @@ class SnmpTarget(SnmpCredentials):
     host_names: list[str] = []
     ip_addresses: list[str] = []
     tags: list[str] = []
-    properties: Annotated[dict[str, str], AfterValidator(_properties)] = {}
+    properties: Properties = {}
     interval: PositiveDuration | None = None
     timeout: PositiveDuration | None = None
     retries: int | None = Field(None, ge=0, le=10)

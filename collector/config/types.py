@@ -93,6 +93,17 @@ def check_dimension_key(value: str) -> str:
     return value
 
 
+def check_properties(value: dict[str, str]) -> dict[str, str]:
+    """The limits Dynatrace puts on custom device properties (api-notes.md)."""
+    if len(value) > 20:
+        raise ValueError("at most 20 properties per device")
+    for key, val in value.items():
+        if len(key) > 100 or len(val) > 200:
+            raise ValueError(f"property {key!r}: keys at most 100, values 200 characters")
+    return value
+
+
+Properties = Annotated[dict[str, str], AfterValidator(check_properties)]
 MetricId = Annotated[str, AfterValidator(check_metric_id)]
 DimensionKey = Annotated[str, AfterValidator(check_dimension_key)]
 

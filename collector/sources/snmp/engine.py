@@ -7,10 +7,13 @@ credentials. Which engine polls a target is chosen in the config (`engine:`).
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
 from pydantic import SecretStr
 
@@ -115,3 +118,28 @@ class Engine(Protocol):
         """Every instance under each column (GETBULK; GETNEXT for v1), not beyond it; one
         entry per column asked."""
         ...
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+E = TypeVar("E", bound=Closable)
+SharedEngines = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[E, int]]
+
+
+@asynccontextmanager
+async def shared_engine(shared: SharedEngines[E], factory: Callable[[], E]) -> AsyncIterator[E]:
+    """The event loop's one engine of a kind; the last user to leave closes it."""
+    loop = asyncio.get_running_loop()
+    engine, users = shared.get(loop) or (factory(), 0)
+    shared[loop] = (engine, users + 1)
+    try:
+        yield engine
+    finally:
+        engine, users = shared[loop]
+        if users > 1:
+            shared[loop] = (engine, users - 1)
+        else:
+            del shared[loop]
+            await engine.close()

@@ -30,7 +30,8 @@ import resource
 import socket
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -66,6 +67,7 @@ from collector.sources.snmp.engine import (
     Unreachable,
     UsmUser,
     Varbind,
+    shared_engine,
 )
 
 AUTH_KEYS: dict[str, type[BaseAuthKey]] = {
@@ -300,18 +302,6 @@ _SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[GufoEngine, 
     weakref.WeakKeyDictionary())
 
 
-@contextlib.asynccontextmanager
-async def gufo_engine() -> AsyncIterator[GufoEngine]:
+def gufo_engine() -> AbstractAsyncContextManager[GufoEngine]:
     """The event loop's shared engine; the last user to leave closes it."""
-    loop = asyncio.get_running_loop()
-    engine, users = _SHARED.get(loop) or (GufoEngine(), 0)
-    _SHARED[loop] = (engine, users + 1)
-    try:
-        yield engine
-    finally:
-        engine, users = _SHARED[loop]
-        if users > 1:
-            _SHARED[loop] = (engine, users - 1)
-        else:
-            del _SHARED[loop]
-            await engine.close()
+    return shared_engine(_SHARED, GufoEngine)

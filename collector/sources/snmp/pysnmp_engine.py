@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from pysnmp.carrier.error import CarrierError
@@ -59,6 +59,7 @@ from collector.sources.snmp.engine import (
     SnmpError,
     Unreachable,
     Varbind,
+    shared_engine,
 )
 
 AUTH_PROTOCOLS = {
@@ -356,18 +357,6 @@ _SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[PysnmpEngine
     weakref.WeakKeyDictionary())
 
 
-@asynccontextmanager
-async def pysnmp_engine() -> AsyncIterator[PysnmpEngine]:
+def pysnmp_engine() -> AbstractAsyncContextManager[PysnmpEngine]:
     """The event loop's shared engine; the last user to leave closes it."""
-    loop = asyncio.get_running_loop()
-    engine, users = _SHARED.get(loop) or (PysnmpEngine(), 0)
-    _SHARED[loop] = (engine, users + 1)
-    try:
-        yield engine
-    finally:
-        engine, users = _SHARED[loop]
-        if users > 1:
-            _SHARED[loop] = (engine, users - 1)
-        else:
-            del _SHARED[loop]
-            await engine.close()
+    return shared_engine(_SHARED, PysnmpEngine)
